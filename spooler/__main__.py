@@ -1,0 +1,3 @@
+from spooler.cli import main
+
+raise SystemExit(main())
