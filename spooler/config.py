@@ -280,7 +280,11 @@ def _check_origins(origins: object) -> tuple[str, ...]:
         if not isinstance(origin, str) or "*" in origin:
             raise ConfigError("dashboard_origins", "origins must be explicit strings, no wildcard")
         parts = urlsplit(origin.strip())
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.path not in ("", "/")
+        ):
             raise ConfigError("dashboard_origins", f"{origin!r} is not an origin like https://host")
         checked.append(f"{parts.scheme}://{parts.netloc}".lower())
     return tuple(checked)

@@ -10,7 +10,7 @@ shipper's own classification of Cloud answers.
     │   └── SpoolBusyError          another writer held the lock past the short timeout
     ├── ShipperLockedError          another shipper already owns this spool (``holder_pid=``)
     └── DeliveryError               the Cloud did not take a request (``status=``)
-        ├── TransientDeliveryError  408, 429, 5xx, connection errors, timeouts: retry (``retry_after=``)
+        ├── TransientDeliveryError  408, 429, 5xx, network errors: retry (``retry_after=``)
         └── PermanentDeliveryError  retrying the same request cannot help
             ├── AuthError           401 / 403: the key is wrong or revoked
             ├── PayloadTooLargeError 413: split the batch

@@ -1,0 +1,718 @@
+"""The durable local spool: one size-capped SQLite file in WAL mode.
+
+Appenders (the host's hooks, in any number of threads and processes) add
+entries; one shipper reads them in primary-key order, acknowledges what the
+Cloud took (rows are deleted), moves what it rejected to ``dead_letters`` and
+checkpoints the WAL. When the file would pass its cap the oldest rows are
+evicted, and every loss is counted in ``counters``.
+
+The schema is meant to be read with the plain ``sqlite3`` CLI::
+
+    entries(id, kind, created_at, entry)       -- waiting rows, entry is JSON text
+    dead_letters(id, kind, created_at, entry, rejected_at, status, reason)
+    counters(name, value)                      -- shipped, evicted, dropped, invalid, ...
+    meta(key, value)                           -- spool_id, last_delivery_at, last_error, ...
+    spool_counters                             -- view: every counter, appended and waiting included
+
+Size: ``max_page_count`` caps the main file, ``wal_autocheckpoint`` and
+``journal_size_limit`` bound the WAL, and ``auto_vacuum=INCREMENTAL`` lets a
+drained spool give pages back. See README "How the cap works".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from spooler.errors import SpoolBusyError, SpoolError
+
+__all__ = ["COUNTER_NAMES", "SCHEMA_VERSION", "Spool", "SpoolRow", "SpoolStats", "spool_files"]
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+PAGE_SIZE = 4096
+_WAL_FRAME = PAGE_SIZE + 24
+_SHM_BYTES = 32 * 1024
+DEAD_LETTER_KEEP = 10_000
+# SQLite result codes (sqlite3 exposes them only from Python 3.11).
+_SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_NOTADB = 11, 13, 26
+
+#: Every counter a spool keeps, in the order ``status`` prints them.
+COUNTER_NAMES = (
+    "appended",
+    "shipped",
+    "evicted",
+    "invalid",
+    "dropped",
+    "dead_lettered",
+    "publish_batches",
+    "publish_batch_events",
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,  -- append order, never reused
+    kind       TEXT NOT NULL,                      -- emitted | published | dead_lettered
+    created_at TEXT NOT NULL,                      -- when it was spooled, ISO 8601 UTC
+    entry      TEXT NOT NULL                       -- the metadata entry as JSON
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id          INTEGER PRIMARY KEY,               -- the id it had in entries
+    kind        TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    entry       TEXT NOT NULL,
+    rejected_at TEXT NOT NULL,
+    status      INTEGER,                           -- HTTP status of the rejection
+    reason      TEXT
+);
+CREATE TABLE IF NOT EXISTS counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT
+);
+CREATE VIEW IF NOT EXISTS spool_counters AS
+    SELECT 'appended' AS name,
+           COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'entries'), 0) AS value
+    UNION ALL SELECT 'waiting', (SELECT count(*) FROM entries)
+    UNION ALL SELECT 'dead_letters_kept', (SELECT count(*) FROM dead_letters)
+    UNION ALL SELECT name, value FROM counters;
+"""
+
+_NETWORK_FS = {
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "9p",
+    "fuse.sshfs",
+    "afs",
+    "ceph",
+    "glusterfs",
+}
+
+
+def spool_files(path: str | os.PathLike[str]) -> list[str]:
+    """The database file and its ``-wal`` and ``-shm`` companions."""
+    p = os.fspath(path)
+    return [p, p + "-wal", p + "-shm"]
+
+
+def _now_iso() -> str:
+    now = datetime.now(timezone.utc)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+def _parse_iso(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _is_full(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return bool(code == _SQLITE_FULL)
+    return "full" in str(exc)
+
+
+class _CorruptError(sqlite3.DatabaseError):
+    """PRAGMA quick_check found damage."""
+
+
+def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
+    if isinstance(exc, _CorruptError):
+        return True
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+    return "not a database" in str(exc) or "malformed" in str(exc)
+
+
+@dataclass(frozen=True)
+class SpoolRow:
+    """One waiting entry as read back from the spool."""
+
+    id: int
+    kind: str
+    created_at: str
+    entry: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SpoolStats:
+    """A snapshot of a spool: depth, size on disk, counters and last outcomes."""
+
+    path: str
+    spool_id: str | None
+    depth: int
+    bytes_on_disk: int
+    file_bytes: dict[str, int]
+    max_bytes: int
+    oldest_created_at: str | None
+    oldest_age_seconds: float | None
+    dead_letters: int
+    counters: dict[str, int] = field(default_factory=dict)
+    last_delivery_at: str | None = None
+    last_error: str | None = None
+    last_error_at: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+    def heartbeat_counters(self) -> dict[str, Any]:
+        """The counters the heartbeat's ``spool`` object carries."""
+        c = self.counters
+        return {
+            "depth": self.depth,
+            "bytes": self.bytes_on_disk,
+            "max_bytes": self.max_bytes,
+            "oldest_entry_age_seconds": self.oldest_age_seconds,
+            **{name: c.get(name, 0) for name in COUNTER_NAMES},
+        }
+
+
+class Spool:
+    """A size-capped SQLite WAL spool, safe for many threads and processes.
+
+    Writes never raise into the caller: ``append``/``append_many`` return how
+    much was accepted and count the rest as ``dropped``.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_bytes: int = 64 << 20,
+        busy_timeout: float = 0.05,
+        check: bool = True,
+    ) -> None:
+        self.path = os.path.abspath(os.fspath(path))
+        self.max_bytes = int(max_bytes)
+        self.busy_timeout = float(busy_timeout)
+        self._wal_pages = max(16, min(1024, self.max_bytes // 8 // PAGE_SIZE))
+        reserve = _SHM_BYTES + 32 + int(self._wal_pages * 1.5) * _WAL_FRAME
+        self._max_pages = max(32, (self.max_bytes - reserve) // PAGE_SIZE)
+        self._lock = threading.Lock()
+        self._pending_lock = threading.Lock()
+        self._pending: dict[str, int] = {}
+        self._logged: set[str] = set()
+        self._pid = os.getpid()
+        self.spool_id: str | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._conn = self._open(check=check)
+
+    # -- opening ---------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config: Any, **kwargs: Any) -> Spool:
+        """Open the spool a :class:`~spooler.config.Config` names."""
+        return cls(config.spool_path, max_bytes=config.spool_max_bytes, **kwargs)
+
+    def _open(self, *, check: bool) -> sqlite3.Connection:
+        folder = os.path.dirname(self.path)
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        self._warn_network_fs(folder)
+        try:
+            return self._connect(check=check)
+        except sqlite3.DatabaseError as exc:
+            if not _is_corrupt(exc):
+                raise
+            self._quarantine(str(exc))
+            return self._connect(check=False)
+
+    def _connect(self, *, check: bool) -> sqlite3.Connection:
+        fresh = self._create_file()
+        conn = sqlite3.connect(
+            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            if fresh or conn.execute("PRAGMA page_count").fetchone()[0] == 0:
+                # Must precede the first table; a no-op once tables exist.
+                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise SpoolError(f"could not put {self.path} in WAL mode (got {mode!r})")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute(f"PRAGMA wal_autocheckpoint = {self._wal_pages}")
+            conn.execute(f"PRAGMA journal_size_limit = {self._wal_pages * PAGE_SIZE}")
+            if check and not fresh:
+                result = conn.execute("PRAGMA quick_check").fetchone()[0]
+                if result != "ok":
+                    raise _CorruptError(f"quick_check: {str(result)[:200]}")
+            self._init_schema(conn)
+            self._apply_cap(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _create_file(self) -> bool:
+        """Create the database file 0600 so its -wal and -shm inherit the mode."""
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        except FileExistsError:
+            return False
+        os.close(fd)
+        return True
+
+    def _init_schema(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
+                    for statement in _SCHEMA.split(";\n"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    conn.execute(
+                        "INSERT OR IGNORE INTO meta(key, value) VALUES ('spool_id', ?), "
+                        "('created_at', ?), ('schema_version', ?)",
+                        (uuid.uuid4().hex, _now_iso(), str(SCHEMA_VERSION)),
+                    )
+                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        elif version > SCHEMA_VERSION:
+            raise SpoolError(
+                f"{self.path} has schema version {version}; this spooler reads {SCHEMA_VERSION}"
+            )
+        row = conn.execute("SELECT value FROM meta WHERE key = 'spool_id'").fetchone()
+        self.spool_id = row[0] if row else None
+
+    def _apply_cap(self, conn: sqlite3.Connection) -> None:
+        got = conn.execute(f"PRAGMA max_page_count = {self._max_pages}").fetchone()[0]
+        if got <= self._max_pages:
+            return
+        # The file is already larger than this cap (the cap was lowered):
+        # evict the oldest rows until the data fits, then give pages back.
+        logger.warning("spool %s is larger than its cap; evicting the oldest entries", self.path)
+        while True:
+            used = (
+                conn.execute("PRAGMA page_count").fetchone()[0]
+                - conn.execute("PRAGMA freelist_count").fetchone()[0]
+            )
+            if used <= self._max_pages * 0.9:
+                break
+            conn.execute("BEGIN IMMEDIATE")
+            removed = self._evict(conn, 512)
+            conn.execute("COMMIT")
+            if not removed:
+                break
+        conn.executescript("PRAGMA incremental_vacuum;")
+        conn.execute(f"PRAGMA max_page_count = {self._max_pages}")
+
+    def _quarantine(self, reason: str) -> None:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        for name in spool_files(self.path):
+            # Move the database *with* its -wal and -shm, never one alone.
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(name, f"{name}.corrupt-{stamp}")
+        logger.error(
+            "spool %s was unreadable (%s); moved it aside as *.corrupt-%s and started a fresh one",
+            self.path,
+            reason,
+            stamp,
+        )
+
+    def _warn_network_fs(self, folder: str) -> None:
+        try:
+            with open("/proc/mounts", encoding="utf-8") as mounts:
+                rows = [line.split()[1:3] for line in mounts if line.strip()]
+        except OSError:
+            return
+        real = os.path.realpath(folder)
+        best = max(
+            (r for r in rows if real == r[0] or real.startswith(r[0].rstrip("/") + "/")),
+            key=lambda r: len(r[0]),
+            default=None,
+        )
+        if best and best[1] in _NETWORK_FS:
+            logger.warning(
+                "spool folder %s is on a %s network filesystem; SQLite WAL needs a local disk",
+                folder,
+                best[1],
+            )
+
+    # -- connection handling ---------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self, timeout: float | None) -> Iterator[sqlite3.Connection]:
+        if self._pid != os.getpid():
+            self._after_fork()
+        wait = self.busy_timeout if timeout is None else timeout
+        if not self._lock.acquire(timeout=wait):
+            raise SpoolBusyError("spool is busy in this process")
+        try:
+            if self._conn is None:
+                raise SpoolError("spool is closed")
+            yield self._conn
+        finally:
+            self._lock.release()
+
+    def _after_fork(self) -> None:
+        # A SQLite connection or lock must never cross a fork: abandon the
+        # parent's (closing it here could disturb the parent) and open anew.
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._pending_lock = threading.Lock()
+        self._pending = {}
+        self._conn = self._connect(check=False) if self._conn is not None else None
+
+    def _write(self, conn: sqlite3.Connection, work: Any, timeout: float | None) -> Any:
+        """Run ``work(conn)`` in one BEGIN IMMEDIATE transaction with pending counters."""
+        if timeout is not None:
+            conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(conn)
+                self._flush_pending(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        finally:
+            if timeout is not None:
+                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        self._clear_pending()
+        return result
+
+    def _flush_pending(self, conn: sqlite3.Connection) -> None:
+        with self._pending_lock:
+            pending = dict(self._pending)
+        if pending:
+            conn.executemany(
+                "INSERT INTO counters(name, value) VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                pending.items(),
+            )
+            self._flushed = pending
+        else:
+            self._flushed = {}
+
+    def _clear_pending(self) -> None:
+        flushed = getattr(self, "_flushed", {})
+        if flushed:
+            with self._pending_lock:
+                for name, n in flushed.items():
+                    left = self._pending.get(name, 0) - n
+                    if left:
+                        self._pending[name] = left
+                    else:
+                        self._pending.pop(name, None)
+            self._flushed = {}
+
+    def _log_once(self, key: str, message: str, *args: Any) -> None:
+        if key not in self._logged:
+            self._logged.add(key)
+            logger.warning(message, *args)
+
+    # -- appending -------------------------------------------------------------
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to a counter; it reaches the file with the next write. Never raises."""
+        if n:
+            with self._pending_lock:
+                self._pending[name] = self._pending.get(name, 0) + n
+
+    def append(self, entry: Mapping[str, Any]) -> bool:
+        """Append one entry; False (and counted as dropped) if it could not be stored."""
+        return self.append_many((entry,)) == 1
+
+    def append_many(
+        self,
+        entries: Sequence[Mapping[str, Any]],
+        *,
+        timeout: float | None = None,
+        raise_on_busy: bool = False,
+    ) -> int:
+        """Append entries in one transaction; returns how many were stored.
+
+        Never raises, except :class:`SpoolBusyError` when ``raise_on_busy`` is
+        set and another writer held the lock past ``timeout`` (the caller then
+        keeps the entries, nothing is counted). Anything else that fails is
+        counted as ``dropped``.
+        """
+        if not entries:
+            return 0
+        try:
+            created = _now_iso()
+            rows = [
+                (str(e.get("status") or "unknown"), created, json.dumps(e, separators=(",", ":")))
+                for e in entries
+            ]
+        except Exception as exc:  # an entry that cannot be encoded
+            self.count("dropped", len(entries))
+            self._log_once("encode", "spool dropped entries it could not encode: %s", exc)
+            return 0
+        try:
+            with self._locked(timeout) as conn:
+                return int(self._write(conn, lambda c: self._insert(c, rows), timeout))
+        except SpoolBusyError:
+            if raise_on_busy:
+                raise
+            self.count("dropped", len(rows))
+            return 0
+        except sqlite3.OperationalError as exc:
+            if raise_on_busy and "locked" in str(exc):
+                raise SpoolBusyError("spool is locked by another writer") from None
+            self.count("dropped", len(rows))
+            self._log_once(type(exc).__name__ + str(exc), "spool dropped entries: %s", exc)
+            return 0
+        except Exception as exc:
+            self.count("dropped", len(rows))
+            self._log_once(type(exc).__name__, "spool dropped entries: %s", exc)
+            return 0
+
+    def _insert(self, conn: sqlite3.Connection, rows: list[tuple[str, str, str]]) -> int:
+        sql = "INSERT INTO entries(kind, created_at, entry) VALUES (?, ?, ?)"
+        evict = 0
+        for _ in range(8):
+            try:
+                if evict and not self._evict(conn, evict):
+                    raise sqlite3.OperationalError("database or disk is full")
+                conn.executemany(sql, rows)
+                return len(rows)
+            except sqlite3.OperationalError as exc:
+                # SQLITE_FULL rolls the whole transaction back (evictions too).
+                if not _is_full(exc) or conn.in_transaction:
+                    raise
+                conn.execute("BEGIN IMMEDIATE")
+                if not self._at_cap(conn):
+                    raise  # a full disk, not our cap: drop rather than evict
+                size = sum(len(r[2]) for r in rows)
+                evict = max(2 * evict, 2 * len(rows), 16, self._evict_chunk(conn, size))
+        raise sqlite3.OperationalError("database or disk is full")
+
+    def _at_cap(self, conn: sqlite3.Connection) -> bool:
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        return bool(pages >= self._max_pages - 2)
+
+    def _evict_chunk(self, conn: sqlite3.Connection, batch_bytes: int) -> int:
+        # Free about 1/32 of the cap at once, so eviction is rare and amortised.
+        depth_row = conn.execute("SELECT max(id) - min(id) + 1 FROM entries").fetchone()
+        depth = depth_row[0] or 0
+        return max(depth // 32, batch_bytes // 64)
+
+    def _evict(self, conn: sqlite3.Connection, n: int) -> int:
+        removed = conn.execute(
+            "DELETE FROM entries WHERE id IN (SELECT id FROM entries ORDER BY id LIMIT ?)", (n,)
+        ).rowcount
+        if removed:
+            self._bump(conn, "evicted", removed)
+            self._log_once(
+                "evict", "spool %s reached its cap; evicting the oldest entries", self.path
+            )
+            return int(removed)
+        removed = conn.execute(
+            "DELETE FROM dead_letters WHERE id IN "
+            "(SELECT id FROM dead_letters ORDER BY id LIMIT ?)",
+            (n,),
+        ).rowcount
+        return int(removed)
+
+    @staticmethod
+    def _bump(conn: sqlite3.Connection, name: str, n: int) -> None:
+        conn.execute(
+            "INSERT INTO counters(name, value) VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+            (name, n),
+        )
+
+    def flush_counters(self, *, timeout: float | None = None) -> bool:
+        """Write pending in-memory counters to the file now. Never raises."""
+        with self._pending_lock:
+            if not self._pending:
+                return True
+        try:
+            with self._locked(timeout) as conn:
+                self._write(conn, lambda c: None, timeout)
+            return True
+        except Exception:
+            return False
+
+    # -- reading and acknowledging (the shipper's side) ------------------------
+
+    def read_batch(self, limit: int, *, after_id: int = 0) -> list[SpoolRow]:
+        """Up to ``limit`` waiting rows in append order (ids above ``after_id``)."""
+        with self._locked(5.0) as conn:
+            # fetchall ends the read transaction at once: never hold a
+            # snapshot open across network I/O (checkpoint starvation).
+            raw = conn.execute(
+                "SELECT id, kind, created_at, entry FROM entries WHERE id > ? ORDER BY id LIMIT ?",
+                (after_id, limit),
+            ).fetchall()
+        rows: list[SpoolRow] = []
+        unreadable: list[int] = []
+        for id_, kind, created_at, text in raw:
+            try:
+                entry = json.loads(text)
+                if not isinstance(entry, dict):
+                    raise ValueError("not an object")
+            except ValueError:
+                unreadable.append(id_)
+                continue
+            rows.append(SpoolRow(id_, kind, created_at, entry))
+        if unreadable:
+            self.dead_letter(unreadable, status=None, reason="unreadable JSON in spool")
+        return rows
+
+    def ack(self, ids: Iterable[int], *, timeout: float | None = 5.0) -> int:
+        """Delete acknowledged rows and count them as shipped; returns rows deleted."""
+        id_list = json.dumps(sorted(set(ids)))
+
+        def work(conn: sqlite3.Connection) -> int:
+            n = conn.execute(
+                "DELETE FROM entries WHERE id IN (SELECT value FROM json_each(?))", (id_list,)
+            ).rowcount
+            if n:
+                self._bump(conn, "shipped", n)
+            conn.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES ('last_delivery_at', ?)",
+                (_now_iso(),),
+            )
+            return int(n)
+
+        with self._locked(timeout) as conn:
+            return int(self._write(conn, work, timeout))
+
+    def dead_letter(
+        self,
+        ids: Iterable[int],
+        *,
+        status: int | None,
+        reason: str,
+        timeout: float | None = 5.0,
+    ) -> int:
+        """Move rows the Cloud rejected to ``dead_letters`` (kept, never resent)."""
+        id_list = json.dumps(sorted(set(ids)))
+
+        def work(conn: sqlite3.Connection) -> int:
+            conn.execute(
+                "INSERT OR REPLACE INTO dead_letters"
+                "(id, kind, created_at, entry, rejected_at, status, reason) "
+                "SELECT id, kind, created_at, entry, ?, ?, ? FROM entries "
+                "WHERE id IN (SELECT value FROM json_each(?))",
+                (_now_iso(), status, reason[:500], id_list),
+            )
+            n = conn.execute(
+                "DELETE FROM entries WHERE id IN (SELECT value FROM json_each(?))", (id_list,)
+            ).rowcount
+            if n:
+                self._bump(conn, "dead_lettered", n)
+            conn.execute(
+                "DELETE FROM dead_letters WHERE id <= "
+                "(SELECT id FROM dead_letters ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (DEAD_LETTER_KEEP,),
+            )
+            return int(n)
+
+        with self._locked(timeout) as conn:
+            return int(self._write(conn, work, timeout))
+
+    def set_meta(self, values: Mapping[str, str | None], *, timeout: float | None = 5.0) -> None:
+        """Record shipper state (last delivery, last error) for ``status``."""
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", list(values.items())
+            )
+
+        with self._locked(timeout) as conn:
+            self._write(conn, work, timeout)
+
+    def maintain(self) -> dict[str, int]:
+        """Checkpoint the WAL and give free pages back; the shipper's routine chore.
+
+        Returns the checkpoint's result and the pages freed. Never raises.
+        """
+        out = {"busy": 0, "wal_frames": 0, "checkpointed": 0, "vacuumed_pages": 0}
+        try:
+            with self._locked(1.0) as conn:
+                pages = conn.execute("PRAGMA page_count").fetchone()[0]
+                free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+                if free > 64 and free * 4 > pages:
+                    conn.executescript("PRAGMA incremental_vacuum;")
+                    after = conn.execute("PRAGMA freelist_count").fetchone()[0]
+                    out["vacuumed_pages"] = free - after
+                empty = conn.execute("SELECT NOT EXISTS (SELECT 1 FROM entries)").fetchone()[0]
+                mode = "TRUNCATE" if empty else "PASSIVE"
+                busy, frames, done = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+                out.update(busy=busy, wal_frames=frames, checkpointed=done)
+        except Exception as exc:
+            self._log_once("maintain", "spool maintenance failed: %s", exc)
+        return out
+
+    # -- looking ---------------------------------------------------------------
+
+    def stats(self) -> SpoolStats:
+        """Depth, bytes on disk, oldest entry age, every counter, last outcomes."""
+        with self._locked(5.0) as conn:
+            depth = conn.execute("SELECT count(*) FROM entries").fetchone()[0]
+            oldest = conn.execute("SELECT created_at FROM entries ORDER BY id LIMIT 1").fetchone()
+            dead = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+            counters = dict(conn.execute("SELECT name, value FROM counters").fetchall())
+            seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'entries'").fetchone()
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        with self._pending_lock:
+            for name, n in self._pending.items():
+                counters[name] = counters.get(name, 0) + n
+        counters["appended"] = seq[0] if seq else 0
+        for name in COUNTER_NAMES:
+            counters.setdefault(name, 0)
+        files = {}
+        for name in spool_files(self.path):
+            with contextlib.suppress(FileNotFoundError):
+                files[os.path.basename(name)] = os.stat(name).st_size
+        age = None
+        if oldest:
+            age = max(0.0, time.time() - _parse_iso(oldest[0]).timestamp())
+        return SpoolStats(
+            path=self.path,
+            spool_id=meta.get("spool_id"),
+            depth=depth,
+            bytes_on_disk=sum(files.values()),
+            file_bytes=files,
+            max_bytes=self.max_bytes,
+            oldest_created_at=oldest[0] if oldest else None,
+            oldest_age_seconds=age,
+            dead_letters=dead,
+            counters=counters,
+            last_delivery_at=meta.get("last_delivery_at"),
+            last_error=meta.get("last_error"),
+            last_error_at=meta.get("last_error_at"),
+        )
+
+    def close(self) -> None:
+        """Flush pending counters and close the connection."""
+        if self._pid != os.getpid():
+            self._conn = None  # the parent's connection: never touch it here
+            return
+        self.flush_counters(timeout=1.0)
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,52 @@
+"""Shared fixtures: real files under tmp_path."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from spooler.spool import Spool
+
+
+@pytest.fixture
+def spool_path(tmp_path: Path) -> str:
+    """A spool path inside a folder that does not exist yet."""
+    return os.path.join(tmp_path, "spool", "spool.db")
+
+
+@pytest.fixture
+def spool(spool_path: str) -> Iterator[Spool]:
+    """An open 4 MiB spool, closed after the test."""
+    s = Spool(spool_path, max_bytes=4 << 20)
+    yield s
+    s.close()
+
+
+def make_entry(
+    i: int, *, name: str = "order.placed", status: str = "emitted", pad: int = 200
+) -> dict[str, object]:
+    """An entry shaped like the serializer's, about 300 bytes as JSON."""
+    return {
+        "event_id": i,
+        "event_name": name,
+        "event_type": "domain",
+        "event_version": 1,
+        "idempotency_key": f"key-{i:08d}-" + "x" * max(0, pad - 150),
+        "status": status,
+        "attempts": None,
+        "occurred_at": "2026-01-15T10:30:00.000Z",
+        "published_at": None,
+        "dead_lettered_at": None,
+        "latency_ms": None,
+        "timestamp": "2026-01-15T10:30:00.000Z",
+    }
+
+
+def files_size(path: str) -> int:
+    """Bytes on disk of a spool and its -wal and -shm."""
+    return sum(
+        os.path.getsize(p) for p in (path, path + "-wal", path + "-shm") if os.path.exists(p)
+    )
