@@ -1,0 +1,555 @@
+"""The delivery loop: wake on new rows, send batches in order, retry, acknowledge.
+
+One shipper per spool file (an ``flock`` on ``<spool>.ship.lock``); it runs as a
+thread inside an app (:meth:`Shipper.start`) or as its own process
+(``python -m spooler ship``). Rows are deleted only after the Cloud took them:
+at-least-once delivery, in append order. Each entry carries a stable
+``entry_id`` and each batch a stable ``Idempotency-Key``, so a batch re-sent
+after a crash is recognised and dropped by the Cloud.
+
+Backoff for transient failures is exponential with full jitter (tenacity's
+``wait_random_exponential``): the n-th wait is uniform in
+``[0, min(60, 0.5 * 2**n)]`` seconds, i.e. up to 1 s, 2 s, 4 s ... 60 s.
+Short first waits ride out a brief blip; the 60 s ceiling means a recovered
+Cloud sees data within a minute; full jitter keeps thousands of apps from
+retrying in step. A ``Retry-After`` answer is honoured when it asks for longer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import tenacity
+
+from spooler.client import CloudClient
+from spooler.config import Config
+from spooler.errors import (
+    AuthError,
+    DeliveryError,
+    PayloadTooLargeError,
+    PermanentDeliveryError,
+    RejectedError,
+    ShipperLockedError,
+    TransientDeliveryError,
+)
+from spooler.serializer import build_heartbeat, load_schemas
+from spooler.spool import Spool, SpoolRow
+
+__all__ = ["BACKOFF_INITIAL", "BACKOFF_MAX", "CycleResult", "Shipper", "ShipperLock"]
+
+logger = logging.getLogger(__name__)
+
+BACKOFF_INITIAL = 0.5  # seconds; the first wait is uniform in [0, 2 * BACKOFF_INITIAL]
+BACKOFF_MAX = 60.0  # seconds; also the interval between probes while the key is refused
+_STARTED = time.monotonic()
+
+
+class ShipperLock:
+    """An exclusive, non-blocking ``flock`` on ``<spool>.ship.lock``.
+
+    The kernel drops it when the holder dies (even by SIGKILL), so another
+    process can take over at once.
+    """
+
+    def __init__(self, spool_path: str) -> None:
+        self.path = spool_path + ".ship.lock"
+        self._fd: int | None = None
+        self._pid = os.getpid()
+
+    def acquire(self) -> None:
+        """Take the lock or raise :class:`ShipperLockedError` naming the holder."""
+        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = None
+            with contextlib.suppress(OSError, ValueError):
+                holder = int(os.pread(fd, 32, 0).decode().strip() or 0) or None
+            os.close(fd)
+            raise ShipperLockedError(self.path, holder) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        self._pid = os.getpid()
+        _held_locks.add(self)
+
+    def release(self) -> None:
+        """Let another shipper take over."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        if self._pid == os.getpid():
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        # In a forked child only close our copy: an explicit unlock would
+        # release the parent's lock, since both share one open file.
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+    @property
+    def held(self) -> bool:
+        """Whether this process holds the lock."""
+        return self._fd is not None and self._pid == os.getpid()
+
+    def _drop_after_fork(self) -> None:
+        if self._fd is not None and self._pid != os.getpid():
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+
+_held_locks: weakref.WeakSet[ShipperLock] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for lock in list(_held_locks):
+        lock._drop_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+@dataclass
+class CycleResult:
+    """What one delivery cycle did."""
+
+    shipped: int = 0
+    batches: int = 0
+    rejected: int = 0
+    waiting: int = 0
+    error: str | None = None
+    auth_failed: bool = False
+    seconds: float = 0.0
+    heartbeat: bool = False
+    retries: int = 0
+    sleeps: list[float] = field(default_factory=list)
+
+
+class _Wait(tenacity.wait.wait_base):
+    """Full-jitter exponential backoff that never waits less than Retry-After asks."""
+
+    def __init__(self, initial: float, maximum: float) -> None:
+        self._jitter = tenacity.wait_random_exponential(multiplier=initial, max=maximum)
+        self._max_retry_after = 300.0
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        wait = float(self._jitter(retry_state))
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        if isinstance(exc, TransientDeliveryError) and exc.retry_after:
+            wait = max(wait, min(exc.retry_after, self._max_retry_after))
+        return wait
+
+
+class Shipper:
+    """Delivers a spool's rows to the Cloud in order; one per spool file."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        spool: Spool | None = None,
+        client: CloudClient | None = None,
+        sleep: Callable[[float], object] | None = None,
+        watch: bool = True,
+        backoff_initial: float = BACKOFF_INITIAL,
+        backoff_max: float = BACKOFF_MAX,
+        max_attempts: int | None = None,
+    ) -> None:
+        if not config.api_key:
+            raise ValueError("a Shipper needs config.api_key")
+        self.config = config
+        self._own_spool = spool is None
+        self.spool = spool or Spool.from_config(config, busy_timeout=1.0)
+        self._client = client
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._sleep_fn = sleep or self._stop.wait
+        self._watch = watch
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._max_attempts = max_attempts
+        self.lock = ShipperLock(self.spool.path)
+        self._thread: threading.Thread | None = None
+        self._watcher: threading.Thread | None = None
+        self._last_heartbeat = -1e18
+        self._auth_logged = False
+        self._auth_paused_until = 0.0
+        self._final_deadline: float | None = None
+        self._schemas = load_schemas(config.schemas)
+        self.last_cycle: CycleResult | None = None
+        self.watching = False
+
+    # -- lifecycle -------------------------------------------------------------
+
+    @property
+    def client(self) -> CloudClient:
+        """The Cloud client, created on first use (no socket before then)."""
+        if self._client is None:
+            assert self.config.api_key is not None
+            self._client = CloudClient(api_key=self.config.api_key, endpoint=self.config.endpoint)
+        return self._client
+
+    def start(self) -> bool:
+        """Ship from a daemon thread; False if another shipper holds the spool."""
+        if self._thread is not None and self._thread.is_alive():
+            return True
+        try:
+            self.lock.acquire()
+        except ShipperLockedError as exc:
+            logger.info("not shipping in this process: %s", exc)
+            return False
+        self._stop.clear()
+        self._start_watcher()
+        self._thread = threading.Thread(target=self._run, name="spooler.shipper", daemon=True)
+        self._thread.start()
+        return True
+
+    def run(self) -> None:
+        """Ship in the calling thread until :meth:`stop` (the ``ship`` command)."""
+        self.lock.acquire()
+        self._start_watcher()
+        self._run()
+
+    @property
+    def running(self) -> bool:
+        """Whether the shipping thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def request_stop(self) -> None:
+        """Ask the loop to end soon (safe from a signal handler); rows in flight stay."""
+        self._stop.set()
+        self._wake.set()
+
+    def notify(self) -> None:
+        """Wake the loop now (called after an in-process commit)."""
+        self._wake.set()
+
+    def stop(self, flush_timeout: float = 0.0, join_timeout: float | None = None) -> bool:
+        """Stop, first spending up to ``flush_timeout`` s delivering what waits.
+
+        Returns True when nothing was left waiting. Never waits longer than
+        ``flush_timeout`` plus ``join_timeout`` (default 1 s).
+        """
+        self._final_deadline = time.monotonic() + flush_timeout if flush_timeout > 0 else None
+        self._stop.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(flush_timeout + (1.0 if join_timeout is None else join_timeout))
+        if thread is None and self._final_deadline is not None:
+            self._final_flush()
+        self._thread = None
+        left = self._waiting()
+        if thread is None or not thread.is_alive():
+            self.close()
+        return left == 0
+
+    def close(self) -> None:
+        """Release the lock, the client and (if ours) the spool."""
+        self.lock.release()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self._own_spool:
+            self.spool.close()
+
+    def _waiting(self) -> int:
+        try:
+            return self.spool.peek(1)[0]
+        except Exception:
+            return -1
+
+    # -- waking ------------------------------------------------------------------
+
+    def _start_watcher(self) -> None:
+        if not self._watch or self._watcher is not None:
+            return
+        self._watcher = threading.Thread(
+            target=self._watch_wal, name="spooler.shipper.watch", daemon=True
+        )
+        self._watcher.start()
+
+    def _watch_wal(self) -> None:
+        try:
+            import watchfiles
+        except ImportError:  # pragma: no cover - a declared dependency
+            return
+        wal = self.spool.path + "-wal"
+        folder = os.path.dirname(self.spool.path)
+
+        def only_wal(_change: object, path: str) -> bool:
+            return path == wal
+
+        try:
+            self.watching = True
+            for _changes in watchfiles.watch(
+                folder,
+                watch_filter=only_wal,
+                debounce=20,
+                step=10,
+                stop_event=self._stop,
+                recursive=False,
+                raise_interrupt=False,
+            ):
+                self._wake.set()
+        except Exception as exc:
+            # Fall back to polling (see _idle_wait) where watching is impossible.
+            logger.info("cannot watch %s (%s); polling instead", folder, type(exc).__name__)
+        finally:
+            self.watching = False
+
+    def _idle_wait(self, seconds: float) -> None:
+        if not self.watching:
+            seconds = min(seconds, 1.0)  # poll
+        self._wake.wait(max(0.0, seconds))
+        self._wake.clear()
+
+    # -- the loop ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                try:
+                    wait = self._tick()
+                except Exception:
+                    logger.exception("spooler shipper cycle failed; continuing")
+                    wait = 1.0
+                if not self._stop.is_set():
+                    self._idle_wait(wait)
+            if self._final_deadline is not None:
+                self._final_flush()
+        finally:
+            if self._thread is None or self._thread is threading.current_thread():
+                self.lock.release()
+
+    def _tick(self) -> float:
+        """Decide whether to send now; returns how long to sleep before the next look."""
+        now = time.monotonic()
+        if now < self._auth_paused_until:
+            return self._auth_paused_until - now
+        interval = self.config.flush_interval
+        waiting, oldest = self.spool.peek(self.config.batch_size)
+        due = False
+        if waiting >= self.config.batch_size:
+            due = True
+        elif waiting and oldest is not None:
+            age = time.time() - _parse_iso(oldest)
+            due = age >= interval
+        heartbeat_due = now - self._last_heartbeat >= interval
+        if due or heartbeat_due:
+            self.cycle(send_all=due, heartbeat=heartbeat_due)
+        next_heartbeat = self._last_heartbeat + interval - time.monotonic()
+        if waiting and oldest is not None and not due:
+            age = time.time() - _parse_iso(oldest)
+            return max(0.01, min(next_heartbeat, interval - age))
+        return max(0.01, next_heartbeat)
+
+    def cycle(self, *, send_all: bool = True, heartbeat: bool = True) -> CycleResult:
+        """One delivery cycle: send what waits (full batches, or all), then a heartbeat."""
+        start = time.monotonic()
+        result = CycleResult()
+        if send_all:
+            self._send_batches(result, final=False)
+        if heartbeat and not result.auth_failed:
+            result.heartbeat = self._send_heartbeat()
+        if result.shipped or result.rejected:
+            self.spool.maintain()
+        result.waiting = self._waiting()
+        result.seconds = time.monotonic() - start
+        self.last_cycle = result
+        if result.shipped or result.rejected or result.error:
+            logger.info(
+                "delivered %d entries in %d batches (%d rejected, %d waiting, %d retries) "
+                "in %.0f ms%s",
+                result.shipped,
+                result.batches,
+                result.rejected,
+                result.waiting,
+                result.retries,
+                result.seconds * 1000,
+                f"; last error: {result.error}" if result.error else "",
+            )
+        return result
+
+    def drain(self) -> CycleResult:
+        """Deliver everything waiting now (retrying per the backoff), then a heartbeat."""
+        return self.cycle(send_all=True, heartbeat=True)
+
+    def _final_flush(self) -> None:
+        deadline = self._final_deadline
+        if deadline is None:
+            return
+        result = CycleResult()
+        try:
+            self._send_batches(result, final=True)
+        except Exception:
+            logger.exception("spooler final flush failed")
+        if result.shipped:
+            logger.info("delivered %d entries at shutdown", result.shipped)
+
+    def _send_batches(self, result: CycleResult, *, final: bool) -> None:
+        after_id = 0
+        while True:
+            if final:
+                if self._final_deadline is None or time.monotonic() >= self._final_deadline:
+                    return
+            elif self._stop.is_set():
+                return
+            rows = self.spool.read_batch(self.config.batch_size, after_id=after_id)
+            if not rows:
+                return
+            ok = self._deliver(rows, result, final=final)
+            if not ok:
+                return
+            after_id = rows[-1].id
+
+    # -- one batch -----------------------------------------------------------------
+
+    def _entries(self, rows: Sequence[SpoolRow]) -> tuple[list[dict[str, Any]], str]:
+        sid = self.spool.spool_id or "spool"
+        entries = [dict(r.entry, entry_id=f"{sid}-{r.id}") for r in rows]
+        digest = hashlib.sha256(f"{sid}:{','.join(str(r.id) for r in rows)}".encode())
+        return entries, digest.hexdigest()[:40]
+
+    def _deliver(self, rows: Sequence[SpoolRow], result: CycleResult, *, final: bool) -> bool:
+        """Send rows (splitting or bisecting as the Cloud asks); False to stop this cycle."""
+        entries, key = self._entries(rows)
+        try:
+            self._send_with_retry(entries, key, result, final=final)
+        except (PayloadTooLargeError, RejectedError) as exc:
+            if len(rows) == 1:
+                reason = "too large" if isinstance(exc, PayloadTooLargeError) else "rejected"
+                result.rejected += self.spool.dead_letter(
+                    [rows[0].id], status=exc.status, reason=f"Cloud answered {exc.status}: {reason}"
+                )
+                return True
+            half = len(rows) // 2
+            return self._deliver(rows[:half], result, final=final) and self._deliver(
+                rows[half:], result, final=final
+            )
+        except AuthError as exc:
+            self._on_auth_error(exc, result)
+            return False
+        except PermanentDeliveryError as exc:
+            self._record_error(f"Cloud answered {exc.status}; will retry later", result)
+            return False
+        except (TransientDeliveryError, tenacity.RetryError) as exc:
+            self._record_error(_describe(exc), result)
+            return False
+        self.spool.ack([r.id for r in rows])
+        result.shipped += len(rows)
+        result.batches += 1
+        if self._auth_logged:
+            logger.warning("the Cloud accepts the API key again; delivery resumed")
+            self._auth_logged = False
+        return True
+
+    def _send_with_retry(
+        self, entries: list[dict[str, Any]], key: str, result: CycleResult, *, final: bool
+    ) -> None:
+        stop: Any = tenacity.stop_when_event_set(self._stop)
+        if final:
+            stop = tenacity.stop_after_attempt(1)
+        elif self._max_attempts is not None:
+            stop = stop | tenacity.stop_after_attempt(self._max_attempts)
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            result.retries += 1
+            wait = state.next_action.sleep if state.next_action else 0.0
+            result.sleeps.append(wait)
+            exc = state.outcome.exception() if state.outcome else None
+            self._record_error(_describe(exc), None)
+            logger.info("delivery failed (%s); retrying in %.1f s", _describe(exc), wait)
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(TransientDeliveryError),
+            wait=_Wait(self._backoff_initial, self._backoff_max),
+            stop=stop,
+            sleep=self._sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        retrying(self.client.send_entries, entries, idempotency_key=key)
+
+    def _sleep(self, seconds: float) -> None:
+        self._sleep_fn(seconds)
+
+    def _on_auth_error(self, exc: AuthError, result: CycleResult) -> None:
+        result.auth_failed = True
+        message = f"Cloud refused the API key ({exc.status}); spool kept, probing every 60 s"
+        self._record_error(message, result)
+        if not self._auth_logged:
+            logger.error(
+                "EventEngine Cloud refused the API key (HTTP %s): delivery paused, entries stay "
+                "in the spool; probing again every %.0f s",
+                exc.status,
+                self._backoff_max,
+            )
+            self._auth_logged = True
+        self._auth_paused_until = time.monotonic() + self._backoff_max
+
+    def _record_error(self, message: str, result: CycleResult | None) -> None:
+        if result is not None:
+            result.error = message
+        with contextlib.suppress(Exception):
+            self.spool.set_meta({"last_error": message, "last_error_at": _now_iso()}, timeout=1.0)
+
+    def _send_heartbeat(self) -> bool:
+        self._last_heartbeat = time.monotonic()
+        try:
+            stats = self.spool.stats()
+            schemas = dict(self._schemas)
+            stored = self.spool.get_meta("schema_fingerprints")
+            if stored:
+                schemas.update(json.loads(stored))
+            heartbeat = build_heartbeat(
+                app_name=self.config.app_name,
+                environment=self.config.environment,
+                uptime_seconds=time.monotonic() - _STARTED,
+                schema_fingerprints=schemas,
+                spool=stats.heartbeat_counters(),
+            )
+            self.client.send_heartbeat(heartbeat)
+            return True
+        except AuthError as exc:
+            self._on_auth_error(exc, CycleResult())
+        except DeliveryError as exc:
+            logger.debug("heartbeat not delivered: %s", _describe(exc))
+        except Exception:
+            logger.exception("could not build or send the heartbeat")
+        return False
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown error"
+    if isinstance(exc, tenacity.RetryError):
+        inner = exc.last_attempt.exception() if exc.last_attempt else None
+        return _describe(inner)
+    if isinstance(exc, DeliveryError) and exc.status:
+        return f"HTTP {exc.status}"
+    return type(exc).__name__ + (f": {exc}" if isinstance(exc, DeliveryError) else "")
+
+
+def _parse_iso(value: str) -> float:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def _now_iso() -> str:
+    now = datetime.now(timezone.utc)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
