@@ -1,0 +1,433 @@
+"""The in-process lifecycle: configure, start, track_*, shutdown, atexit, fork.
+
+Nothing here runs until a key is configured: without one, ``track_*`` returns
+False after one attribute check, and no file, thread or socket is created.
+
+With a key, each process lazily (on its first ``track_*`` call, never in a
+pre-fork master) opens its own spool connection, starts a writer thread
+(``background`` mode) and, unless ``ship_in_process`` is off, tries to become
+the spool's one shipper. Another process may already ship; if it dies, a
+surviving process takes the lock over within a few seconds.
+
+Modes:
+
+* ``background`` (default): the hook builds the entry and appends it to a
+  bounded in-memory buffer; the writer thread commits it in groups (at most
+  ~100 ms or 500 entries per commit). A full buffer drops and counts.
+  A hard exit (``os._exit``, SIGKILL) loses at most the last ~100 ms.
+* ``immediate``: the hook commits in the caller's thread (durable on return);
+  if another writer holds the lock it falls back to the buffer instead of
+  waiting.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from spooler import hooks
+from spooler.config import Config
+from spooler.errors import SpoolBusyError
+from spooler.serializer import build_entry, load_schemas, schema_fingerprint
+from spooler.spool import Spool
+
+if TYPE_CHECKING:
+    from spooler.shipper import Shipper
+
+__all__ = [
+    "Reporter",
+    "configure",
+    "get_reporter",
+    "register_schema",
+    "shutdown",
+    "start",
+    "track_dead_letter",
+    "track_emit",
+    "track_publish",
+    "track_publish_batch",
+]
+
+logger = logging.getLogger(__name__)
+
+GROUP_SIZE = 500  # most entries per commit
+GROUP_WAIT = 0.1  # most seconds an entry waits in the buffer
+HOT_BUSY_TIMEOUT = 0.002  # immediate mode: how long the host may wait for the lock
+TAKEOVER_INTERVAL = 5.0  # how often a non-shipping process tries to take shipping over
+
+
+class Reporter:
+    """One per process: turns notifications into spooled entries and ships them."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.active = False  # the only thing the hot path reads when disabled
+        self._pid = -1
+        self._lock = threading.Lock()
+        self._buffer: collections.deque[dict[str, Any]] = collections.deque()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._spool: Spool | None = None
+        self._writer: threading.Thread | None = None
+        self._shipper: Shipper | None = None
+        self._closed = False
+        self._schemas: dict[str, str] = load_schemas(config.schemas) if config.enabled else {}
+        self._schemas_dirty = bool(self._schemas)
+        self._last_takeover = 0.0
+        self._send_error_message = config.send_error_message
+        self._error_max = config.error_message_max_length
+        self._immediate = config.spool_mode == "immediate"
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> bool:
+        """Subscribe to the host's notifications; False (and nothing done) when disabled.
+
+        Files and threads come later, on the first event in each process.
+        """
+        if not self.config.enabled or self._closed:
+            return False
+        hooks.subscribe(self)
+        self.active = True
+        _install_process_hooks()
+        return True
+
+    def ensure_running(self) -> bool:
+        """Open the spool and start the threads in this process now, if not yet."""
+        if not self.active:
+            return False
+        if self._pid != os.getpid():
+            self._start_here()
+        return self._spool is not None
+
+    def _start_here(self) -> None:
+        with self._lock:
+            pid = os.getpid()
+            if self._pid == pid or self._closed:
+                return
+            if self._pid != -1:
+                self._reset_after_fork()
+            self._pid = pid
+            try:
+                self._spool = Spool.from_config(
+                    self.config, busy_timeout=HOT_BUSY_TIMEOUT, check=True
+                )
+            except Exception:
+                logger.exception("spooler could not open its spool; reporting is off here")
+                self.active = False
+                return
+            self._stop.clear()
+            self._writer = threading.Thread(
+                target=self._write_loop, name="spooler.writer", daemon=True
+            )
+            self._writer.start()
+            self._try_ship()
+
+    def _reset_after_fork(self) -> None:
+        # Entries in the inherited buffer are the parent's to write.
+        self._buffer = collections.deque()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._writer = None
+        self._shipper = None  # its thread did not survive the fork
+        if self._spool is not None:
+            self._spool.close()  # in the child this only forgets the parent's connection
+        self._spool = None
+
+    def _try_ship(self) -> None:
+        if not self.config.ship_in_process or self._closed:
+            return
+        self._last_takeover = time.monotonic()
+        try:
+            if self._shipper is None:
+                from spooler.shipper import Shipper
+
+                self._shipper = Shipper(self.config)
+            if not self._shipper.running:
+                self._shipper.start()
+        except Exception:
+            logger.exception("spooler could not start the in-process shipper")
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """Flush the buffer into the spool, give the shipper ``timeout`` s, stop.
+
+        Never hangs: the whole call is bounded by about ``timeout`` + 2 s.
+        Returns True when nothing was left waiting in the spool.
+        """
+        timeout = self.config.shutdown_timeout if timeout is None else timeout
+        if self._closed:
+            return True
+        self._closed = True
+        self.active = False
+        if hooks._target is self:
+            hooks.unsubscribe()
+        if self._pid != os.getpid():
+            return True  # nothing was started in this process
+        self._stop.set()
+        self._wake.set()
+        writer = self._writer
+        if writer is not None and writer is not threading.current_thread():
+            writer.join(1.0)
+        self._flush_buffer(timeout=1.0)
+        left = True
+        if self._shipper is not None:
+            left = self._shipper.stop(flush_timeout=timeout, join_timeout=0.5)
+        if self._spool is not None:
+            self._spool.close()
+        return left
+
+    # -- the hot path ------------------------------------------------------------
+
+    def track_emit(self, payload: Mapping[str, Any]) -> bool:
+        """Record an emitted event; True if accepted. Never raises, never blocks."""
+        return self._track("emitted", payload)
+
+    def track_publish(self, payload: Mapping[str, Any]) -> bool:
+        """Record a published event; True if accepted."""
+        return self._track("published", payload)
+
+    def track_dead_letter(self, payload: Mapping[str, Any]) -> bool:
+        """Record a dead-lettered event; True if accepted."""
+        return self._track("dead_lettered", payload)
+
+    def track_publish_batch(self, count: object) -> bool:
+        """Count one publisher batch of ``count`` events for the heartbeat."""
+        if not self.active:
+            return False
+        try:
+            if self._pid != os.getpid():
+                self._start_here()
+            spool = self._spool
+            if spool is None:
+                return False
+            n = count if isinstance(count, int) and not isinstance(count, bool) else 0
+            spool.count("publish_batches", 1)
+            spool.count("publish_batch_events", max(0, n))
+            return True
+        except Exception:
+            return False
+
+    def _track(self, status: str, payload: Mapping[str, Any]) -> bool:
+        if not self.active:
+            return False
+        try:
+            if self._pid != os.getpid():
+                self._start_here()
+            spool = self._spool
+            if spool is None:
+                return False
+            entry = build_entry(
+                status,
+                payload,
+                send_error_message=self._send_error_message,
+                error_message_max_length=self._error_max,
+            )
+            if entry is None:
+                spool.count("invalid")
+                return False
+            if self._immediate:
+                try:
+                    if spool.append_many((entry,), timeout=HOT_BUSY_TIMEOUT, raise_on_busy=True):
+                        if self._shipper is not None:
+                            self._shipper.notify()
+                        return True
+                    return False  # counted as dropped by the spool
+                except SpoolBusyError:
+                    pass  # fall back to the buffer rather than wait
+            buffer = self._buffer
+            if len(buffer) >= self.config.buffer_size:
+                spool.count("dropped")
+                return False
+            buffer.append(entry)
+            if len(buffer) >= GROUP_SIZE:
+                self._wake.set()
+            return True
+        except Exception:
+            try:
+                if self._spool is not None:
+                    self._spool.count("dropped")
+            except Exception:
+                pass
+            return False
+
+    # -- the writer thread ---------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._wake.wait(GROUP_WAIT)
+                self._wake.clear()
+                self._flush_buffer(timeout=1.0)
+                spool = self._spool
+                if spool is not None:
+                    spool.flush_counters(timeout=0.5)
+                    if self._schemas_dirty:
+                        self._schemas_dirty = False
+                        spool.set_meta({"schema_fingerprints": json.dumps(self._schemas)})
+                if (
+                    self.config.ship_in_process
+                    and (self._shipper is None or not self._shipper.running)
+                    and time.monotonic() - self._last_takeover >= TAKEOVER_INTERVAL
+                ):
+                    self._try_ship()
+            except Exception:
+                logger.exception("spooler writer failed; continuing")
+                self._stop.wait(0.5)
+
+    def _flush_buffer(self, *, timeout: float) -> int:
+        """Commit buffered entries in groups; on lock contention keep them for later."""
+        spool = self._spool
+        buffer = self._buffer
+        written = 0
+        while buffer and spool is not None:
+            group: list[dict[str, Any]] = []
+            try:
+                while len(group) < GROUP_SIZE:
+                    group.append(buffer.popleft())
+            except IndexError:
+                pass
+            try:
+                written += spool.append_many(group, timeout=timeout, raise_on_busy=True)
+            except SpoolBusyError:
+                buffer.extendleft(reversed(group))
+                break
+        if written and self._shipper is not None:
+            self._shipper.notify()
+        return written
+
+    # -- schemas -------------------------------------------------------------------
+
+    def register_schema(self, event_name: str, schema: Any) -> str:
+        """Fingerprint ``schema`` for the heartbeat; returns the sha256 hex."""
+        fingerprint = schema_fingerprint(schema)
+        self._schemas[str(event_name)] = fingerprint
+        self._schemas_dirty = True
+        return fingerprint
+
+    @property
+    def schemas(self) -> dict[str, str]:
+        """Event name -> schema fingerprint, as the heartbeat reports them."""
+        return dict(self._schemas)
+
+    @property
+    def spool(self) -> Spool | None:
+        """This process's spool, once started."""
+        return self._spool
+
+    @property
+    def shipper(self) -> Shipper | None:
+        """The in-process shipper, if this process ships."""
+        return self._shipper
+
+    def buffered(self) -> int:
+        """Entries waiting in memory for the writer thread."""
+        return len(self._buffer)
+
+
+# -- the process-wide reporter -------------------------------------------------------
+
+_reporter: Reporter | None = None
+_process_hooks = False
+
+
+def _install_process_hooks() -> None:
+    global _process_hooks
+    if _process_hooks:
+        return
+    _process_hooks = True
+    atexit.register(_at_exit)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _at_exit() -> None:
+    reporter = _reporter
+    if reporter is not None:
+        try:
+            reporter.shutdown()
+        except Exception:
+            logger.exception("spooler shutdown failed")
+
+
+def _after_fork_in_child() -> None:
+    # The pid check in _track is the fallback for servers (uWSGI without
+    # enable-threads/lazy-apps) that do not run Python's fork hooks.
+    reporter = _reporter
+    if reporter is not None and reporter._pid not in (-1, os.getpid()):
+        reporter._lock = threading.Lock()
+
+
+def configure(config: Config | None = None, **options: Any) -> Reporter:
+    """Set up the process's reporter from ``config`` or options plus the environment.
+
+    Explicit options win over ``EVENT_ENGINE_CLOUD_*`` variables. Raises
+    :class:`~spooler.errors.ConfigError` for invalid values. Configuring again
+    replaces (and shuts down) the previous reporter, with a warning.
+    """
+    global _reporter
+    cfg = config.replace(**options) if config is not None else Config.from_env(None, **options)
+    previous = _reporter
+    if previous is not None and previous.active:
+        logger.warning(
+            "spooler.configure() called again while a reporter runs; replacing it "
+            "(configure once per process)"
+        )
+        previous.shutdown(timeout=0.5)
+    _reporter = Reporter(cfg)
+    return _reporter
+
+
+def start() -> bool:
+    """Start the configured reporter; False (and nothing at all done) when disabled."""
+    reporter = _reporter
+    if reporter is None:
+        reporter = configure()
+    return reporter.start()
+
+
+def shutdown(timeout: float | None = None) -> bool:
+    """Flush and stop the reporter (also run at exit); True if nothing was left."""
+    reporter = _reporter
+    return True if reporter is None else reporter.shutdown(timeout)
+
+
+def get_reporter() -> Reporter | None:
+    """The process's reporter, if configured."""
+    return _reporter
+
+
+def track_emit(payload: Mapping[str, Any]) -> bool:
+    """Report an emitted event; True if accepted. Never raises."""
+    r = _reporter
+    return r.track_emit(payload) if r is not None and r.active else False
+
+
+def track_publish(payload: Mapping[str, Any]) -> bool:
+    """Report a published event; True if accepted. Never raises."""
+    r = _reporter
+    return r.track_publish(payload) if r is not None and r.active else False
+
+
+def track_dead_letter(payload: Mapping[str, Any]) -> bool:
+    """Report a dead-lettered event; True if accepted. Never raises."""
+    r = _reporter
+    return r.track_dead_letter(payload) if r is not None and r.active else False
+
+
+def track_publish_batch(count: int) -> bool:
+    """Count one publisher batch of ``count`` events. Never raises."""
+    r = _reporter
+    return r.track_publish_batch(count) if r is not None and r.active else False
+
+
+def register_schema(event_name: str, schema: Any) -> str:
+    """Fingerprint an event's schema for the heartbeat; returns the sha256 hex."""
+    r = _reporter
+    if r is None:
+        return schema_fingerprint(schema)
+    return r.register_schema(event_name, schema)
