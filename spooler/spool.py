@@ -36,7 +36,15 @@ from typing import Any
 
 from spooler.errors import SpoolBusyError, SpoolError
 
-__all__ = ["COUNTER_NAMES", "SCHEMA_VERSION", "Spool", "SpoolRow", "SpoolStats", "spool_files"]
+__all__ = [
+    "COUNTER_NAMES",
+    "SCHEMA_VERSION",
+    "Spool",
+    "SpoolRow",
+    "SpoolStats",
+    "read_stats",
+    "spool_files",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -662,43 +670,29 @@ class Spool:
 
     # -- looking ---------------------------------------------------------------
 
+    def peek(self, limit: int) -> tuple[int, str | None]:
+        """How many rows wait (counted up to ``limit``) and when the oldest was spooled."""
+        with self._locked(5.0) as conn:
+            n = conn.execute(
+                "SELECT count(*) FROM (SELECT 1 FROM entries LIMIT ?)", (limit,)
+            ).fetchone()[0]
+            oldest = conn.execute("SELECT created_at FROM entries ORDER BY id LIMIT 1").fetchone()
+        return int(n), (oldest[0] if oldest else None)
+
+    def get_meta(self, key: str) -> str | None:
+        """One value from the ``meta`` table."""
+        with self._locked(5.0) as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
     def stats(self) -> SpoolStats:
         """Depth, bytes on disk, oldest entry age, every counter, last outcomes."""
         with self._locked(5.0) as conn:
-            depth = conn.execute("SELECT count(*) FROM entries").fetchone()[0]
-            oldest = conn.execute("SELECT created_at FROM entries ORDER BY id LIMIT 1").fetchone()
-            dead = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
-            counters = dict(conn.execute("SELECT name, value FROM counters").fetchall())
-            seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'entries'").fetchone()
-            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            stats = _collect_stats(conn, self.path, self.max_bytes)
         with self._pending_lock:
             for name, n in self._pending.items():
-                counters[name] = counters.get(name, 0) + n
-        counters["appended"] = seq[0] if seq else 0
-        for name in COUNTER_NAMES:
-            counters.setdefault(name, 0)
-        files = {}
-        for name in spool_files(self.path):
-            with contextlib.suppress(FileNotFoundError):
-                files[os.path.basename(name)] = os.stat(name).st_size
-        age = None
-        if oldest:
-            age = max(0.0, time.time() - _parse_iso(oldest[0]).timestamp())
-        return SpoolStats(
-            path=self.path,
-            spool_id=meta.get("spool_id"),
-            depth=depth,
-            bytes_on_disk=sum(files.values()),
-            file_bytes=files,
-            max_bytes=self.max_bytes,
-            oldest_created_at=oldest[0] if oldest else None,
-            oldest_age_seconds=age,
-            dead_letters=dead,
-            counters=counters,
-            last_delivery_at=meta.get("last_delivery_at"),
-            last_error=meta.get("last_error"),
-            last_error_at=meta.get("last_error_at"),
-        )
+                stats.counters[name] = stats.counters.get(name, 0) + n
+        return stats
 
     def close(self) -> None:
         """Flush pending counters and close the connection."""
@@ -716,3 +710,52 @@ class Spool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _collect_stats(conn: sqlite3.Connection, path: str, max_bytes: int) -> SpoolStats:
+    depth = conn.execute("SELECT count(*) FROM entries").fetchone()[0]
+    oldest = conn.execute("SELECT created_at FROM entries ORDER BY id LIMIT 1").fetchone()
+    dead = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+    counters = dict(conn.execute("SELECT name, value FROM counters").fetchall())
+    seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'entries'").fetchone()
+    meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    counters["appended"] = seq[0] if seq else 0
+    for name in COUNTER_NAMES:
+        counters.setdefault(name, 0)
+    files = {}
+    for name in spool_files(path):
+        with contextlib.suppress(FileNotFoundError):
+            files[os.path.basename(name)] = os.stat(name).st_size
+    age = None
+    if oldest:
+        age = max(0.0, time.time() - _parse_iso(oldest[0]).timestamp())
+    return SpoolStats(
+        path=path,
+        spool_id=meta.get("spool_id"),
+        depth=depth,
+        bytes_on_disk=sum(files.values()),
+        file_bytes=files,
+        max_bytes=max_bytes,
+        oldest_created_at=oldest[0] if oldest else None,
+        oldest_age_seconds=age,
+        dead_letters=dead,
+        counters=counters,
+        last_delivery_at=meta.get("last_delivery_at"),
+        last_error=meta.get("last_error"),
+        last_error_at=meta.get("last_error_at"),
+    )
+
+
+def read_stats(path: str | os.PathLike[str], *, max_bytes: int = 0) -> SpoolStats:
+    """Stats of a spool file without changing it (read-only; for ``spooler status``).
+
+    Raises :class:`FileNotFoundError` when there is no spool at ``path``.
+    """
+    p = os.path.abspath(os.fspath(path))
+    if not os.path.exists(p):
+        raise FileNotFoundError(p)
+    conn = sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=5.0)
+    try:
+        return _collect_stats(conn, p, max_bytes)
+    finally:
+        conn.close()
