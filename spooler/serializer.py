@@ -1,0 +1,508 @@
+"""The metadata allowlist: notification payload -> entry, heartbeat, schema fingerprints.
+
+Only the fields named in ``ENTRY_FIELDS`` (plus ``error_class``, and ``error_message``
+when the host opts in, for dead-lettered events) ever leave the host. Each one is read
+by name from the notification payload and coerced to a plain JSON scalar; nothing else
+is copied, so ``payload``, ``metadata`` and request or user context cannot leak however
+the host shapes its notification.
+
+``build_entry`` runs on the host's hot path: it never raises, returns ``None`` for an
+entry it cannot build, and sticks to cheap type checks (no regex) for the common types.
+Every value it returns survives ``json.dumps(entry, allow_nan=False)`` and UTF-8 encoding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import sys
+from collections.abc import Mapping
+from datetime import date, datetime, timedelta, timezone
+from functools import cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from spooler._version import __version__
+
+__all__ = [
+    "DEAD_LETTER_FIELDS",
+    "ENTRY_FIELDS",
+    "MAX_TEXT_LENGTH",
+    "STATUSES",
+    "build_entry",
+    "build_heartbeat",
+    "detect_framework",
+    "load_schemas",
+    "schema_fingerprint",
+    "to_iso",
+]
+
+logger = logging.getLogger(__name__)
+
+ENTRY_FIELDS: tuple[str, ...] = (
+    "event_id",
+    "event_name",
+    "event_type",
+    "event_version",
+    "idempotency_key",
+    "status",
+    "attempts",
+    "occurred_at",
+    "published_at",
+    "dead_lettered_at",
+    "latency_ms",
+    "timestamp",
+)
+DEAD_LETTER_FIELDS: tuple[str, ...] = ("error_class", "error_message")
+STATUSES = ("emitted", "published", "dead_lettered")
+
+#: Longest string kept for names, ids and classes; longer ones are cut to this many characters.
+MAX_TEXT_LENGTH = 200
+
+# Integers travel as JSON numbers; beyond signed 64 bits many consumers lose precision.
+_MIN_INT = -(1 << 63)
+_MAX_INT = (1 << 63) - 1
+_MAX_INT_DIGITS = 19
+# No ISO 8601 timestamp is longer; anything longer is not worth parsing.
+_MAX_ISO_LENGTH = 64
+# Above this a number is epoch milliseconds: 1e11 seconds is the year 5138, while
+# 1e11 milliseconds is March 1973.
+_EPOCH_MS_THRESHOLD = 1e11
+_UTC = timezone.utc
+_EPOCH = datetime(1970, 1, 1, tzinfo=_UTC)
+_MS = timedelta(milliseconds=1)
+
+# (module, distribution), checked in this order. fastapi comes before starlette
+# because importing fastapi imports starlette.
+_FRAMEWORKS = (
+    ("django", "Django"),
+    ("flask", "Flask"),
+    ("fastapi", "fastapi"),
+    ("starlette", "starlette"),
+)
+
+
+def build_entry(
+    status: str,
+    payload: Mapping[str, Any],
+    *,
+    send_error_message: bool = False,
+    error_message_max_length: int = 200,
+    now: datetime | None = None,
+) -> dict[str, Any] | None:
+    """Allowlisted metadata entry for one notification, or None if it cannot be built. Never raises.
+
+    The entry has exactly the keys of ``ENTRY_FIELDS`` (``None`` when unknown); a
+    ``dead_lettered`` entry adds ``error_class``, and ``error_message`` (cut to
+    ``error_message_max_length`` characters) only when ``send_error_message`` is true.
+    ``None`` is returned for an unknown ``status``, a ``payload`` that is not a mapping,
+    or a missing or blank ``event_name``.
+
+    Coercions: ``event_id`` is an int, or a string id; digit strings without leading
+    zeros that fit in 64 bits become ints ("007" stays a string). ``event_version`` and
+    ``attempts`` are non-negative ints (digit strings accepted, bools refused). Text
+    fields take str, int, float or UUID, stripped and cut to ``MAX_TEXT_LENGTH``;
+    ``error_class`` also takes an exception class or instance and reports its qualified
+    class name. Any other value becomes ``None``: containers are never copied, and host
+    objects' ``__str__`` is never called (except an opted-in exception message).
+    Integers outside signed 64 bits become ``None``.
+
+    Times go through :func:`to_iso`. ``now`` (default, or when unusable: the current UTC
+    time) is the entry's ``timestamp``, and stands in for ``published_at`` /
+    ``dead_lettered_at`` when a published / dead-lettered payload lacks it. ``latency_ms``
+    is the whole milliseconds between the reported ``occurred_at`` and that time; it is
+    ``None`` when either end is unknown, on emitted entries, and when it would be
+    negative (clock skew between hosts), because a made-up zero would skew percentiles.
+    """
+    try:
+        if status not in STATUSES:
+            logger.debug("dropped an entry: unknown status")
+            return None
+        if not isinstance(payload, Mapping):
+            logger.debug("dropped a %s entry: payload is not a mapping", status)
+            return None
+        get = payload.get
+        event_name = _text(get("event_name"))
+        if event_name is None:
+            logger.debug("dropped a %s entry: no usable event_name", status)
+            return None
+
+        stamp = _to_utc(now) if now is not None else None
+        if stamp is None:
+            stamp = datetime.now(_UTC)
+        occurred = _to_utc(get("occurred_at"))
+        published = _to_utc(get("published_at"))
+        dead_lettered = _to_utc(get("dead_lettered_at"))
+        end = None
+        if status == "published":
+            if published is None:
+                published = stamp
+            end = published
+        elif status == "dead_lettered":
+            if dead_lettered is None:
+                dead_lettered = stamp
+            end = dead_lettered
+        latency = None
+        if occurred is not None and end is not None:
+            latency = (end - _EPOCH) // _MS - (occurred - _EPOCH) // _MS
+            if latency < 0:
+                latency = None
+
+        timestamp = _format(stamp)
+        entry: dict[str, Any] = {
+            "event_id": _event_id(get("event_id")),
+            "event_name": event_name,
+            "event_type": _text(get("event_type")),
+            "event_version": _count(get("event_version")),
+            "idempotency_key": _text(get("idempotency_key")),
+            "status": status,
+            "attempts": _count(get("attempts")),
+            "occurred_at": _format_known(occurred, stamp, timestamp),
+            "published_at": _format_known(published, stamp, timestamp),
+            "dead_lettered_at": _format_known(dead_lettered, stamp, timestamp),
+            "latency_ms": latency,
+            "timestamp": timestamp,
+        }
+        if status == "dead_lettered":
+            entry["error_class"] = _error_class(get("error_class"))
+            if send_error_message:
+                entry["error_message"] = _error_message(
+                    get("error_message"), error_message_max_length
+                )
+        return entry
+    except Exception as exc:
+        # The exception's message may quote payload values, so only its type is logged.
+        logger.debug("dropped an entry: %s while building it", type(exc).__name__)
+        return None
+
+
+def to_iso(value: object) -> str | None:
+    """``value`` as ISO 8601 UTC with milliseconds and a ``Z``, or None. Never raises.
+
+    Accepts aware datetimes, naive datetimes (taken as UTC), dates (midnight UTC), ISO
+    8601 strings (``Z``, an offset, or naive), and epoch seconds as int or float
+    (epoch milliseconds when the magnitude exceeds 1e11). Bools, NaN, infinities,
+    unparseable strings and times outside years 1-9999 give None. Sub-millisecond
+    digits are truncated, e.g. ``"2026-01-15T10:30:00.000Z"``.
+    """
+    moment = _to_utc(value)
+    return None if moment is None else _format(moment)
+
+
+def schema_fingerprint(schema: Any) -> str:
+    """SHA-256 hex digest of ``schema`` as canonical JSON (sorted keys, compact).
+
+    Values JSON cannot encode fall back to ``str()``; raises ``TypeError`` / ``ValueError``
+    for schemas that cannot be encoded at all (mixed-type keys, cycles, lone surrogates).
+    """
+    canonical = json.dumps(
+        schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def load_schemas(source: Mapping[str, Any] | str | os.PathLike[str] | None) -> dict[str, str]:
+    """Event name -> schema fingerprint, from a mapping or a directory of ``*.json`` files.
+
+    A mapping maps event names to schema objects. In a directory every ``*.json`` file
+    (not hidden, not in subdirectories, in name order) is one schema, named by its
+    top-level ``"event_name"`` string if it has one, else by the file stem
+    (``order.placed.json`` -> ``order.placed``). Unreadable or invalid files, names that
+    are not strings, and repeated event names (the first one wins) are skipped with a
+    warning that never quotes file content. A missing directory gives ``{}`` and a
+    warning; a ``source`` of any other type raises ``TypeError``.
+    """
+    if source is None:
+        return {}
+    if isinstance(source, Mapping):
+        return _load_mapping(source)
+    folder = Path(os.fspath(source))
+    if not folder.is_dir():
+        logger.warning("schema directory %s does not exist; no schema fingerprints", folder)
+        return {}
+    fingerprints: dict[str, str] = {}
+    for path in sorted(folder.glob("*.json")):
+        if path.name.startswith("."):
+            continue
+        try:
+            if not path.is_file():
+                continue
+            schema = json.loads(path.read_text(encoding="utf-8"))
+            fingerprint = schema_fingerprint(schema)
+        except (OSError, ValueError, TypeError, RecursionError) as exc:
+            logger.warning("skipped schema file %s: %s", path, _describe(exc))
+            continue
+        name = schema.get("event_name") if isinstance(schema, dict) else None
+        name = name.strip() if isinstance(name, str) else ""
+        _add_fingerprint(fingerprints, name or path.stem, fingerprint, str(path))
+    return fingerprints
+
+
+def detect_framework() -> tuple[str | None, str | None]:
+    """``(framework, version)`` for the first web framework the host already imported.
+
+    Checks ``sys.modules`` only (a framework is never imported here) for django, flask,
+    fastapi and starlette, in that order; ``(None, None)`` when none is loaded. The
+    version comes from the installed distribution's metadata, None if unknown.
+    """
+    for module, distribution in _FRAMEWORKS:
+        if sys.modules.get(module) is not None:
+            return module, _distribution_version(distribution)
+    return None, None
+
+
+def build_heartbeat(
+    *,
+    app_name: str,
+    environment: str,
+    uptime_seconds: float,
+    schema_fingerprints: Mapping[str, str] | None = None,
+    spool: Mapping[str, Any] | None = None,
+    framework: tuple[str | None, str | None] | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The periodic heartbeat: who is reporting, on what, with which schemas.
+
+    ``framework=None`` detects it with :func:`detect_framework`. ``uptime_seconds`` is
+    reported in whole seconds (0 for negative or non-finite values); ``now`` (default:
+    the current UTC time) becomes ``timestamp``.
+    """
+    name, version = detect_framework() if framework is None else framework
+    return {
+        "type": "heartbeat",
+        "app_name": app_name,
+        "environment": environment,
+        "gem_version": __version__,
+        "python_version": platform.python_version(),
+        "framework": name,
+        "framework_version": version,
+        "schema_fingerprints": dict(schema_fingerprints or {}),
+        "uptime_seconds": _whole_seconds(uptime_seconds),
+        "timestamp": to_iso(datetime.now(_UTC) if now is None else now),
+        "spool": dict(spool or {}),
+    }
+
+
+def _to_utc(value: object) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        if type(value) is datetime:
+            if value.tzinfo is _UTC:
+                return value
+            moment = value
+        elif isinstance(value, datetime):
+            moment = value
+        elif isinstance(value, str):
+            parsed = _parse_iso(value)
+            if parsed is None:
+                return None
+            moment = parsed
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            return _from_epoch(value)
+        elif isinstance(value, date):
+            return datetime(value.year, value.month, value.day, tzinfo=_UTC)
+        else:
+            return None
+        if type(moment) is not datetime:
+            # Subclasses (pendulum, freezegun, ...) may override replace() or astimezone().
+            moment = datetime(
+                moment.year,
+                moment.month,
+                moment.day,
+                moment.hour,
+                moment.minute,
+                moment.second,
+                moment.microsecond,
+                moment.tzinfo,
+            )
+        if moment.utcoffset() is None:
+            return moment.replace(tzinfo=_UTC)
+        return moment.astimezone(_UTC)
+    except Exception:  # OverflowError near year 1 / 9999, or a host type misbehaving
+        return None
+
+
+def _parse_iso(text: str) -> datetime | None:
+    text = str.strip(text)
+    if not text or len(text) > _MAX_ISO_LENGTH:
+        return None
+    if text[-1] in "Zz":
+        # Python 3.10's fromisoformat() does not know "Z".
+        text = text[:-1] + "+00:00"
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+def _from_epoch(value: float) -> datetime | None:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if abs(value) > _EPOCH_MS_THRESHOLD:
+        return _EPOCH + timedelta(milliseconds=value)
+    return _EPOCH + timedelta(seconds=value)
+
+
+def _format(moment: datetime) -> str:
+    # ``moment`` is in UTC. %-formatting is about twice as fast as an f-string or
+    # isoformat(timespec=...) here, and unlike strftime("%Y") it pads years before 1000.
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (  # noqa: UP031
+        moment.year,
+        moment.month,
+        moment.day,
+        moment.hour,
+        moment.minute,
+        moment.second,
+        moment.microsecond // 1000,
+    )
+
+
+def _format_known(moment: datetime | None, stamp: datetime, formatted_stamp: str) -> str | None:
+    if moment is None:
+        return None
+    return formatted_stamp if moment is stamp else _format(moment)
+
+
+def _text(value: object, limit: int = MAX_TEXT_LENGTH) -> str | None:
+    """A stripped, non-empty, capped string from a str, int, float or UUID; else None."""
+    if isinstance(value, str):
+        text = str.strip(value)  # never calls a subclass's methods; returns an exact str
+    elif isinstance(value, int):
+        if isinstance(value, bool) or not _MIN_INT <= value <= _MAX_INT:
+            return None
+        text = int.__repr__(value)
+    elif isinstance(value, float):
+        text = float.__repr__(value)
+    elif isinstance(value, UUID):
+        text = UUID.__str__(value)
+    else:
+        return None
+    if not text:
+        return None
+    text = text[:limit]
+    return text if text.isascii() else _utf8_safe(text)
+
+
+def _utf8_safe(text: str) -> str:
+    # Lone surrogates pass json.dumps but break the UTF-8 encoding of the request body.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+def _count(value: object) -> int | None:
+    """A non-negative int from an int or a digit string; else None."""
+    if type(value) is int:
+        return value if 0 <= value <= _MAX_INT else None
+    if isinstance(value, str):
+        text = str.strip(value)
+        if text.isascii() and text.isdigit() and len(text) <= _MAX_INT_DIGITS:
+            number = int(text)
+            return number if number <= _MAX_INT else None
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _count(int(value))
+    return None
+
+
+def _event_id(value: object) -> int | str | None:
+    """An int id, or a string id (canonical digit strings become ints); else None."""
+    if type(value) is int:
+        return value if _MIN_INT <= value <= _MAX_INT else None
+    if isinstance(value, str):
+        text = str.strip(value)
+        # "007" stays a string: turning it into 7 would change the id.
+        if (
+            text.isascii()
+            and text.isdigit()
+            and len(text) <= _MAX_INT_DIGITS
+            and (text[0] != "0" or text == "0")
+        ):
+            number = int(text)
+            if number <= _MAX_INT:
+                return number
+        return _text(text)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _event_id(int(value))
+    if isinstance(value, UUID):
+        return _text(value)
+    return None
+
+
+def _error_class(value: object) -> str | None:
+    """A class name from a string, an exception class or an exception instance."""
+    if isinstance(value, BaseException):
+        value = type(value)
+    if isinstance(value, type) and issubclass(value, BaseException):
+        module = getattr(value, "__module__", None)
+        name = value.__qualname__
+        return _text(name if module in (None, "builtins") else f"{module}.{name}")
+    return _text(value)
+
+
+def _error_message(value: object, limit: int) -> str | None:
+    if isinstance(value, BaseException):
+        try:
+            value = str(value)
+        except Exception:
+            return None
+    return _text(value, max(0, limit))
+
+
+def _whole_seconds(value: float) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0
+    if not math.isfinite(value) or value < 0:
+        return 0
+    return int(value)
+
+
+@cache
+def _distribution_version(distribution: str) -> str | None:
+    # Read once per process: the imported code does not change when a wheel is upgraded.
+    try:
+        return metadata.version(distribution)
+    except Exception:
+        return None
+
+
+def _load_mapping(source: Mapping[str, Any]) -> dict[str, str]:
+    fingerprints: dict[str, str] = {}
+    for name, schema in source.items():
+        if not isinstance(name, str) or not name.strip():
+            logger.warning("skipped a schema whose event name is not a non-empty string")
+            continue
+        try:
+            fingerprint = schema_fingerprint(schema)
+        except (ValueError, TypeError, RecursionError) as exc:
+            logger.warning("skipped the schema of %s: %s", name.strip(), _describe(exc))
+            continue
+        _add_fingerprint(fingerprints, name.strip(), fingerprint, "the schemas mapping")
+    return fingerprints
+
+
+def _add_fingerprint(
+    fingerprints: dict[str, str], name: str, fingerprint: str, origin: str
+) -> None:
+    if name in fingerprints:
+        logger.warning("skipped a second schema for %s in %s; keeping the first", name, origin)
+        return
+    fingerprints[name] = fingerprint
+
+
+def _describe(exc: BaseException) -> str:
+    # Positions and OS reasons only: exception messages can quote the file's content.
+    if isinstance(exc, json.JSONDecodeError):
+        return f"invalid JSON at line {exc.lineno} column {exc.colno}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return type(exc).__name__
