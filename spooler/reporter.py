@@ -114,20 +114,14 @@ class Reporter:
             if self._pid != -1:
                 self._reset_after_fork()
             self._pid = pid
-            try:
-                self._spool = Spool.from_config(
-                    self.config, busy_timeout=HOT_BUSY_TIMEOUT, check=True
-                )
-            except Exception:
-                logger.exception("spooler could not open its spool; reporting is off here")
-                self.active = False
-                return
+            # Opened on first use (by the writer thread in background mode),
+            # so the host's thread never pays for quick_check or schema setup.
+            self._spool = Spool.from_config(self.config, busy_timeout=HOT_BUSY_TIMEOUT, lazy=True)
             self._stop.clear()
             self._writer = threading.Thread(
                 target=self._write_loop, name="spooler.writer", daemon=True
             )
             self._writer.start()
-            self._try_ship()
 
     def _reset_after_fork(self) -> None:
         # Entries in the inherited buffer are the parent's to write.
@@ -259,6 +253,7 @@ class Reporter:
     # -- the writer thread ---------------------------------------------------------
 
     def _write_loop(self) -> None:
+        self._try_ship()
         while not self._stop.is_set():
             try:
                 self._wake.wait(GROUP_WAIT)

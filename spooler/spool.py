@@ -55,6 +55,7 @@ _SHM_BYTES = 32 * 1024
 DEAD_LETTER_KEEP = 10_000
 # SQLite result codes (sqlite3 exposes them only from Python 3.11).
 _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_NOTADB = 11, 13, 26
+_OPEN_TIMEOUT = 2.0
 
 #: Every counter a spool keeps, in the order ``status`` prints them.
 COUNTER_NAMES = (
@@ -207,6 +208,7 @@ class Spool:
         max_bytes: int = 64 << 20,
         busy_timeout: float = 0.05,
         check: bool = True,
+        lazy: bool = False,
     ) -> None:
         self.path = os.path.abspath(os.fspath(path))
         self.max_bytes = int(max_bytes)
@@ -220,8 +222,11 @@ class Spool:
         self._logged: set[str] = set()
         self._pid = os.getpid()
         self.spool_id: str | None = None
+        self._check = check
+        self._closed = False
         self._conn: sqlite3.Connection | None = None
-        self._conn = self._open(check=check)
+        if not lazy:
+            self._conn = self._open(check=check)
 
     # -- opening ---------------------------------------------------------------
 
@@ -244,8 +249,13 @@ class Spool:
 
     def _connect(self, *, check: bool) -> sqlite3.Connection:
         fresh = self._create_file()
+        # Opening may wait for another process creating the schema; the short
+        # hot-path timeout applies from then on.
         conn = sqlite3.connect(
-            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+            self.path,
+            timeout=max(self.busy_timeout, _OPEN_TIMEOUT),
+            isolation_level=None,
+            check_same_thread=False,
         )
         try:
             if fresh or conn.execute("PRAGMA page_count").fetchone()[0] == 0:
@@ -263,6 +273,7 @@ class Spool:
                     raise _CorruptError(f"quick_check: {str(result)[:200]}")
             self._init_schema(conn)
             self._apply_cap(conn)
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         except BaseException:
             conn.close()
             raise
@@ -368,7 +379,14 @@ class Spool:
             raise SpoolBusyError("spool is busy in this process")
         try:
             if self._conn is None:
-                raise SpoolError("spool is closed")
+                if self._closed:
+                    raise SpoolError("spool is closed")
+                try:
+                    self._conn = self._open(check=self._check)
+                except sqlite3.OperationalError as exc:
+                    if "locked" in str(exc) or "busy" in str(exc):
+                        raise SpoolBusyError("spool is being created by another process") from None
+                    raise
             yield self._conn
         finally:
             self._lock.release()
@@ -380,7 +398,8 @@ class Spool:
         self._lock = threading.Lock()
         self._pending_lock = threading.Lock()
         self._pending = {}
-        self._conn = self._connect(check=False) if self._conn is not None else None
+        self._check = False
+        self._conn = None  # reopened on first use in this process
 
     def _write(self, conn: sqlite3.Connection, work: Any, timeout: float | None) -> Any:
         """Run ``work(conn)`` in one BEGIN IMMEDIATE transaction with pending counters."""
@@ -698,9 +717,12 @@ class Spool:
         """Flush pending counters and close the connection."""
         if self._pid != os.getpid():
             self._conn = None  # the parent's connection: never touch it here
+            self._closed = True
             return
-        self.flush_counters(timeout=1.0)
+        if self._conn is not None or self._pending:
+            self.flush_counters(timeout=1.0)
         with self._lock:
+            self._closed = True
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None

@@ -1,0 +1,580 @@
+"""The in-process reporter: zero impact when off, modes, lifecycle, fork safety, pitfalls."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import blinker
+import pytest
+
+import spooler
+from spooler import hooks, reporter
+from spooler.receiver import Faults, Receiver
+
+KEY = "test-key-7f3a9c"
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll ``check`` until it is true or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.02)
+    return check()
+
+
+def spooled(path: str) -> list[dict[str, Any]]:
+    """Entries waiting in a spool file, read with a separate plain connection."""
+    if not os.path.exists(path):
+        return []
+    con = sqlite3.connect(path)
+    try:
+        return [json.loads(r[0]) for r in con.execute("SELECT entry FROM entries ORDER BY id")]
+    except sqlite3.OperationalError:  # the writer is still creating the schema
+        return []
+    finally:
+        con.close()
+
+
+def counters(path: str) -> dict[str, int]:
+    """The counters table of a spool file."""
+    con = sqlite3.connect(path)
+    try:
+        return dict(con.execute("SELECT name, value FROM counters").fetchall())
+    finally:
+        con.close()
+
+
+@pytest.fixture(autouse=True)
+def _clean_reporter() -> Iterator[None]:
+    yield
+    spooler.shutdown(timeout=0.5)
+    reporter._reporter = None
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> str:
+    return str(tmp_path / "spool" / "spool.db")
+
+
+def event(i: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "event_name": "order.placed",
+        "event_id": i,
+        "event_version": 1,
+        "idempotency_key": f"k-{i}",
+        "payload": {"email": "alice@example.com", "card": "4111-1111"},
+        "metadata": {"ip": "10.1.2.3"},
+        **extra,
+    }
+
+
+# -- zero impact when unconfigured ------------------------------------------------
+
+_UNCONFIGURED = textwrap.dedent(
+    """
+    import json, os, sys, threading
+    def sockets():
+        n = 0
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                n += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+            except OSError:
+                pass
+        return n
+    before = sockets()
+    import blinker, spooler
+    spooler.configure()
+    started = spooler.start()
+    results = [spooler.track_emit({"event_name": "x", "event_id": i}) for i in range(1000)]
+    blinker.signal("event_engine.event_emitted").send(None, event_name="x", event_id=1)
+    spooler.track_publish_batch(3)
+    spooler.shutdown()
+    print(json.dumps({
+        "started": started,
+        "accepted": sum(results),
+        "threads": threading.active_count(),
+        "new_sockets": sockets() - before,
+        "files": sorted(os.listdir(".")),
+        "httpx_loaded": "httpx" in sys.modules,
+    }))
+    """
+)
+
+
+def test_unconfigured_means_no_file_no_thread_no_socket(tmp_path: Path) -> None:
+    """Without a key: start() declines, hooks accept nothing, and nothing is created."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENT_ENGINE_CLOUD_")}
+    out = subprocess.run(
+        [sys.executable, "-c", _UNCONFIGURED],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result == {
+        "started": False,
+        "accepted": 0,
+        "threads": 1,
+        "new_sockets": 0,
+        "files": [],
+        "httpx_loaded": False,
+    }
+
+
+def test_the_disabled_hook_does_no_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When off, track_* never builds an entry: the call is one attribute check."""
+    calls: list[object] = []
+    monkeypatch.setattr(reporter, "build_entry", lambda *a, **k: calls.append(a))
+    spooler.configure(api_key=None)
+    spooler.start()
+    assert spooler.track_emit(event(1)) is False
+    assert spooler.track_dead_letter(event(1)) is False
+    reporter._reporter = None
+    assert spooler.track_publish(event(1)) is False
+    assert calls == []
+
+
+# -- modes --------------------------------------------------------------------------
+
+
+def test_background_mode_commits_in_groups_from_the_writer_thread(path: str) -> None:
+    """Background hooks return at once; the writer commits the entries within ~100 ms."""
+    spooler.configure(api_key=KEY, spool_path=path, ship_in_process=False)
+    assert spooler.start() is True
+    for i in range(300):
+        assert spooler.track_emit(event(i)) is True
+    assert wait_for(lambda: len(spooled(path)) == 300)
+    names = {t.name for t in threading.enumerate()}
+    assert "spooler.writer" in names
+    entries = spooled(path)
+    assert [e["event_id"] for e in entries] == list(range(300))
+    assert all(e["status"] == "emitted" for e in entries)
+
+
+def test_nothing_outside_the_allowlist_reaches_the_spool(path: str) -> None:
+    """payload, metadata and unknown keys in a notification never reach the file."""
+    spooler.configure(api_key=KEY, spool_path=path, ship_in_process=False)
+    spooler.start()
+    spooler.track_dead_letter(event(1, error_message="card 4111-1111 declined", error_class="E"))
+    spooler.shutdown()
+    raw = (
+        Path(path).read_bytes() + Path(path + "-wal").read_bytes()
+        if os.path.exists(path + "-wal")
+        else Path(path).read_bytes()
+    )
+    for secret in (b"alice@example.com", b"4111-1111", b"10.1.2.3"):
+        assert secret not in raw
+    assert spooled(path)[0]["error_class"] == "E"
+
+
+def test_shutdown_flushes_the_buffer_into_the_spool(path: str) -> None:
+    """Entries still buffered at shutdown are written, not lost."""
+    spooler.configure(api_key=KEY, spool_path=path, ship_in_process=False)
+    spooler.start()
+    for i in range(50):
+        spooler.track_emit(event(i))
+    spooler.shutdown()
+    assert len(spooled(path)) == 50
+
+
+def test_immediate_mode_is_durable_when_the_call_returns(path: str) -> None:
+    """In immediate mode the entry is committed before track_* returns."""
+    spooler.configure(api_key=KEY, spool_path=path, spool_mode="immediate", ship_in_process=False)
+    spooler.start()
+    assert spooler.track_emit(event(1)) is True
+    assert [e["event_id"] for e in spooled(path)] == [1]
+    assert spooler.track_publish(event(2)) is True
+    assert [e["status"] for e in spooled(path)] == ["emitted", "published"]
+
+
+def test_immediate_mode_falls_back_to_the_buffer_on_contention(path: str) -> None:
+    """When another writer holds the lock, the hook buffers instead of waiting."""
+    spooler.configure(api_key=KEY, spool_path=path, spool_mode="immediate", ship_in_process=False)
+    spooler.start()
+    spooler.track_emit(event(0))  # opens the spool
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        assert spooler.track_emit(event(1)) is True
+        r = spooler.get_reporter()
+        assert r is not None and r.buffered() == 1
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert wait_for(lambda: [e["event_id"] for e in spooled(path)] == [0, 1])
+
+
+def test_a_full_buffer_drops_and_counts(path: str) -> None:
+    """With the writer blocked, entries past buffer_size are refused and counted as dropped."""
+    spooler.configure(api_key=KEY, spool_path=path, buffer_size=10, ship_in_process=False)
+    spooler.start()
+    spooler.track_emit(event(0))
+    assert wait_for(lambda: len(spooled(path)) == 1)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        results = [spooler.track_emit(event(i)) for i in range(1, 26)]
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert results.count(True) == 10 and results.count(False) == 15
+    spooler.shutdown()
+    assert len(spooled(path)) == 11
+    assert counters(path)["dropped"] == 15
+
+
+def test_bad_event_data_is_dropped_and_counted_never_raised(path: str) -> None:
+    """Non-mappings, missing names and hostile objects return False and count as invalid."""
+
+    class Hostile(dict[str, Any]):
+        def get(self, *a: Any, **k: Any) -> Any:
+            raise RuntimeError("boom")
+
+        def __getitem__(self, key: str) -> Any:
+            raise RuntimeError("boom")
+
+    spooler.configure(api_key=KEY, spool_path=path, ship_in_process=False)
+    spooler.start()
+    assert spooler.track_emit(None) is False  # type: ignore[arg-type]
+    assert spooler.track_emit({"event_id": 1}) is False
+    assert spooler.track_emit(Hostile(event_name="x")) is False
+    assert spooler.track_publish_batch("many") is True  # type: ignore[arg-type]
+    spooler.shutdown()
+    c = counters(path)
+    assert c.get("invalid", 0) + c.get("dropped", 0) == 3
+    assert c["invalid"] >= 2
+
+
+# -- hooks ------------------------------------------------------------------------
+
+
+def test_blinker_signals_reach_the_spool_without_importing_spooler(path: str) -> None:
+    """The four named signals feed the reporter; publish_batch only feeds counters."""
+    spooler.configure(api_key=KEY, spool_path=path, ship_in_process=False)
+    spooler.start()
+    blinker.signal("event_engine.event_emitted").send(object(), **event(1))
+    blinker.signal("event_engine.event_published").send(None, **event(1))
+    blinker.signal("event_engine.event_dead_lettered").send(
+        None, **event(2, attempts=5, error_class="Timeout", error_message="x")
+    )
+    blinker.signal("event_engine.publish_batch").send(None, count=7)
+    spooler.shutdown()
+    assert [e["status"] for e in spooled(path)] == ["emitted", "published", "dead_lettered"]
+    c = counters(path)
+    assert (c["publish_batches"], c["publish_batch_events"]) == (1, 7)
+
+
+def test_subscribing_twice_does_not_double_report(path: str) -> None:
+    """start() twice and a second subscribe keep one receiver per signal."""
+    spooler.configure(api_key=KEY, spool_path=path, ship_in_process=False)
+    spooler.start()
+    spooler.start()
+    r = spooler.get_reporter()
+    hooks.subscribe(r)
+    blinker.signal("event_engine.event_emitted").send(None, **event(1))
+    spooler.shutdown()
+    assert len(spooled(path)) == 1
+
+
+def test_shutdown_unsubscribes(path: str) -> None:
+    """After shutdown no spooler receiver stays connected to the host's signals."""
+    spooler.configure(api_key=KEY, spool_path=path, ship_in_process=False)
+    spooler.start()
+    assert hooks.subscribed()
+    spooler.shutdown()
+    assert not hooks.subscribed()
+    for name in hooks.SIGNAL_NAMES:
+        assert all(
+            getattr(r, "__module__", "") != "spooler.hooks"
+            for r in blinker.signal(name).receivers.values()
+        )
+
+
+def test_a_second_configure_warns_and_replaces(path: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Configuring again while running warns once and leaves one reporter (no thread leak)."""
+    spooler.configure(api_key=KEY, spool_path=path, ship_in_process=False)
+    spooler.start()
+    spooler.track_emit(event(1))
+    with caplog.at_level(logging.WARNING, logger="spooler.reporter"):
+        spooler.configure(api_key=KEY, spool_path=path, ship_in_process=False)
+    assert any("called again" in r.getMessage() for r in caplog.records)
+    spooler.start()
+    spooler.track_emit(event(2))
+    assert wait_for(lambda: len(spooled(path)) == 2)
+    writers = [t for t in threading.enumerate() if t.name == "spooler.writer"]
+    assert len(writers) == 1
+
+
+def test_registered_schemas_reach_the_heartbeat(path: str) -> None:
+    """register_schema fingerprints reach the spool's meta, where a shipper reads them."""
+    with Receiver(api_key=KEY) as rcv:
+        spooler.configure(api_key=KEY, spool_path=path, endpoint=rcv.url, flush_interval=0.2)
+        spooler.start()
+        fp = spooler.register_schema("order.placed", {"type": "object", "required": ["id"]})
+        spooler.track_emit(event(1))
+        spooler.track_publish_batch(4)
+        assert wait_for(
+            lambda: any(
+                h["schema_fingerprints"].get("order.placed") == fp for h in rcv.heartbeats()
+            )
+        )
+        assert wait_for(
+            lambda: any(h["spool"]["publish_batch_events"] == 4 for h in rcv.heartbeats())
+        )
+        assert fp == spooler.schema_fingerprint({"required": ["id"], "type": "object"})
+
+
+# -- shipping in-process and exit paths ---------------------------------------------
+
+
+def test_in_process_shipping_delivers_to_the_cloud(path: str) -> None:
+    """With a key and default settings, events reach the receiver exactly once."""
+    with Receiver(api_key=KEY) as rcv:
+        spooler.configure(api_key=KEY, spool_path=path, endpoint=rcv.url, flush_interval=0.2)
+        spooler.start()
+        for i in range(120):
+            spooler.track_emit(event(i))
+        assert wait_for(lambda: rcv.entry_count() == 120)
+        assert spooler.shutdown() is True
+        assert sorted(e["event_id"] for e in rcv.entries()) == list(range(120))
+        assert rcv.duplicate_count() == 0
+
+
+def test_shutdown_is_bounded_when_the_cloud_hangs(path: str) -> None:
+    """A Cloud that never answers cannot make shutdown wait past its deadline; rows stay."""
+    with Receiver(api_key=KEY, faults=Faults(delay=30.0)) as rcv:
+        spooler.configure(
+            api_key=KEY, spool_path=path, endpoint=rcv.url, flush_interval=0.1, batch_size=5
+        )
+        spooler.start()
+        for i in range(20):
+            spooler.track_emit(event(i))
+        time.sleep(0.3)  # let the shipper get stuck in a request
+        start = time.monotonic()
+        left_nothing = spooler.shutdown(timeout=0.5)
+        elapsed = time.monotonic() - start
+    assert left_nothing is False
+    assert elapsed < 6.0  # a hang detector, not a speed target: 0.5 s flush + joins
+    assert len(spooled(path)) == 20
+
+
+_EXIT_SCRIPT = textwrap.dedent(
+    """
+    import os, socket, sys, spooler
+    # A listener that accepts and never answers: the worst Cloud for an exit path.
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(16)
+    port = s.getsockname()[1]
+    spooler.configure(api_key="k", spool_path=sys.argv[1], endpoint=f"http://127.0.0.1:{port}",
+                      flush_interval=0.05, batch_size=1, shutdown_timeout=float(sys.argv[2]))
+    spooler.start()
+    for i in range(25):
+        spooler.track_emit({"event_name": "x", "event_id": i})
+    # exit normally: atexit must flush locally and give up on the network in time
+    """
+)
+
+
+def test_atexit_never_hangs_and_keeps_entries_for_the_next_run(path: str) -> None:
+    """A process exiting against an unresponsive Cloud exits within the deadline; entries stay."""
+    start = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-c", _EXIT_SCRIPT, path, "1.0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    elapsed = time.monotonic() - start
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr
+    assert elapsed < 20
+    assert len(spooled(path)) == 25
+
+
+def test_shutdown_starts_no_thread(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The atexit path never starts a thread (Python 3.12 refuses that at shutdown)."""
+    spooler.configure(api_key=KEY, spool_path=path, ship_in_process=False)
+    spooler.start()
+    spooler.track_emit(event(1))
+    assert wait_for(lambda: len(spooled(path)) == 1)
+    spooler.track_emit(event(2))
+
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    reporter._at_exit()
+    assert len(spooled(path)) == 2
+
+
+def test_nothing_is_started_before_the_first_event(path: str) -> None:
+    """start() only subscribes: a pre-fork master opens no file and starts no thread."""
+    before = {t.name for t in threading.enumerate()}
+    spooler.configure(api_key=KEY, spool_path=path)
+    spooler.start()
+    assert not os.path.exists(path)
+    assert {t.name for t in threading.enumerate()} == before
+
+
+# -- fork safety ------------------------------------------------------------------
+
+
+def test_forked_children_each_get_their_own_writer_and_every_entry_arrives(path: str) -> None:
+    """Parent and 3 forked children append; each entry is spooled once, none duplicated."""
+    spooler.configure(api_key=KEY, spool_path=path, ship_in_process=False)
+    spooler.start()
+    for i in range(10):
+        spooler.track_emit(event(i))  # leaves entries in the parent's buffer across the fork
+    children = []
+    for c in range(3):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            code = 1
+            try:
+                ok = all(spooler.track_emit(event(1000 * (c + 1) + i)) for i in range(100))
+                names = {t.name for t in threading.enumerate()}
+                spooler.shutdown()
+                code = 0 if ok and "spooler.writer" in names else 2
+            finally:
+                os._exit(code)
+        children.append(pid)
+    codes = [os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) for p in children]
+    spooler.shutdown()
+    assert codes == [0, 0, 0]
+    ids = [e["event_id"] for e in spooled(path)]
+    expected = list(range(10)) + [1000 * (c + 1) + i for c in range(3) for i in range(100)]
+    assert sorted(ids) == sorted(expected)
+
+
+def test_a_prefork_server_has_one_shipper_and_delivers_everything(path: str) -> None:
+    """Four forked workers append; exactly one process ships; the receiver gets each once."""
+    with Receiver(api_key=KEY) as rcv:
+        spooler.configure(api_key=KEY, spool_path=path, endpoint=rcv.url, flush_interval=0.2)
+        spooler.start()  # the "master": subscribes, starts nothing
+        pids = []
+        for w in range(4):
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - child
+                code = 1
+                try:
+                    for i in range(50):
+                        spooler.track_emit(event(w * 100 + i))
+                    r = spooler.get_reporter()
+                    time.sleep(0.5)
+                    ships = int(r is not None and r.shipper is not None and r.shipper.running)
+                    spooler.shutdown(timeout=3.0)
+                    code = 10 + ships
+                finally:
+                    os._exit(code)
+            pids.append(pid)
+        codes = [os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) for p in pids]
+        assert sorted(codes) == [10, 10, 10, 11]
+        # whatever the last shipper left behind, a fresh one delivers
+        spooler.track_emit(event(999))
+        assert wait_for(lambda: rcv.entry_count() == 201, timeout=15)
+        assert rcv.duplicate_count() == 0
+
+
+def test_another_process_takes_shipping_over_when_the_shipper_dies(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the shipping process is SIGKILLed, a surviving process takes the lock over."""
+    monkeypatch.setattr(reporter, "TAKEOVER_INTERVAL", 0.2)
+    script = textwrap.dedent(
+        """
+        import sys, time, spooler
+        spooler.configure(api_key="k", spool_path=sys.argv[1], endpoint=sys.argv[2],
+                          flush_interval=0.2)
+        spooler.start()
+        spooler.track_emit({"event_name": "x", "event_id": -1})
+        print("ready", flush=True)
+        time.sleep(60)
+        """
+    )
+    with Receiver(api_key="k") as rcv:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script, path, rcv.url], stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+            assert wait_for(lambda: rcv.entry_count() == 1)
+            spooler.configure(api_key="k", spool_path=path, endpoint=rcv.url, flush_interval=0.2)
+            spooler.start()
+            spooler.track_emit(event(1))
+            r = spooler.get_reporter()
+            assert r is not None
+            time.sleep(0.5)
+            assert r.shipper is None or not r.shipper.running
+            proc.kill()
+            proc.wait(10)
+            assert wait_for(lambda: r.shipper is not None and r.shipper.running, timeout=10)
+            assert wait_for(lambda: rcv.entry_count() == 2)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            assert proc.stdout is not None
+            proc.stdout.close()
+
+
+# -- secrets --------------------------------------------------------------------------
+
+
+def test_the_key_never_reaches_logs_or_the_spool(
+    path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Through a full cycle, including a refused key, the key is in no log line and no file."""
+    secret = "sk-live-" + "9" * 24
+    with caplog.at_level(logging.DEBUG), Receiver(api_key="another-key") as rcv:
+        spooler.configure(api_key=secret, spool_path=path, endpoint=rcv.url, flush_interval=0.1)
+        spooler.start()
+        spooler.track_emit(event(1))
+        assert wait_for(lambda: any(r.status == 401 for r in _requests(rcv)))
+        spooler.shutdown(timeout=0.2)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert secret not in text
+    for name in os.listdir(os.path.dirname(path)):
+        assert secret.encode() not in Path(os.path.dirname(path), name).read_bytes()
+
+
+class _Req:
+    def __init__(self, row: dict[str, Any]) -> None:
+        self.status = row.get("status")
+
+
+def _requests(rcv: Receiver) -> list[_Req]:
+    return [_Req(r) for r in rcv.requests()]
+
+
+def test_socket_helper_counts_only_sockets() -> None:
+    """Sanity check for the zero-impact test's socket counter (it can see a new socket)."""
+    before = sum(1 for fd in os.listdir("/proc/self/fd") if _is_socket(fd))
+    s = socket.socket()
+    try:
+        after = sum(1 for fd in os.listdir("/proc/self/fd") if _is_socket(fd))
+    finally:
+        s.close()
+    assert after == before + 1
+
+
+def _is_socket(fd: str) -> bool:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+    except OSError:
+        return False
