@@ -214,7 +214,9 @@ class Spool:
         self.max_bytes = int(max_bytes)
         self.busy_timeout = float(busy_timeout)
         self._wal_pages = max(16, min(1024, self.max_bytes // 8 // PAGE_SIZE))
-        reserve = _SHM_BYTES + 32 + int(self._wal_pages * 1.5) * _WAL_FRAME
+        # The WAL peaks near its checkpoint threshold plus one transaction (at most
+        # half the threshold, see _chunks) plus a few pages of eviction bookkeeping.
+        reserve = _SHM_BYTES + 32 + (self._wal_pages * 2 + 8) * _WAL_FRAME
         self._max_pages = max(32, (self.max_bytes - reserve) // PAGE_SIZE)
         self._lock = threading.Lock()
         self._pending_lock = threading.Lock()
@@ -470,7 +472,8 @@ class Spool:
         timeout: float | None = None,
         raise_on_busy: bool = False,
     ) -> int:
-        """Append entries in one transaction; returns how many were stored.
+        """Append entries (in as few transactions as the WAL budget allows); returns how many
+        were stored.
 
         Never raises, except :class:`SpoolBusyError` when ``raise_on_busy`` is
         set and another writer held the lock past ``timeout`` (the caller then
@@ -489,24 +492,42 @@ class Spool:
             self.count("dropped", len(entries))
             self._log_once("encode", "spool dropped entries it could not encode: %s", exc)
             return 0
-        try:
-            with self._locked(timeout) as conn:
-                return int(self._write(conn, lambda c: self._insert(c, rows), timeout))
-        except SpoolBusyError:
-            if raise_on_busy:
-                raise
-            self.count("dropped", len(rows))
-            return 0
-        except sqlite3.OperationalError as exc:
-            if raise_on_busy and "locked" in str(exc):
-                raise SpoolBusyError("spool is locked by another writer") from None
-            self.count("dropped", len(rows))
-            self._log_once(type(exc).__name__ + str(exc), "spool dropped entries: %s", exc)
-            return 0
-        except Exception as exc:
-            self.count("dropped", len(rows))
-            self._log_once(type(exc).__name__, "spool dropped entries: %s", exc)
-            return 0
+        stored = 0
+        for chunk in self._chunks(rows):
+            try:
+                with self._locked(timeout) as conn:
+                    stored += int(
+                        self._write(conn, lambda c, ch=chunk: self._insert(c, ch), timeout)
+                    )
+                    continue
+            except SpoolBusyError:
+                if raise_on_busy and not stored:
+                    raise
+                self._log_once("busy", "spool dropped entries: another writer held the lock")
+            except sqlite3.OperationalError as exc:
+                if raise_on_busy and not stored and "locked" in str(exc):
+                    raise SpoolBusyError("spool is locked by another writer") from None
+                self._log_once(type(exc).__name__ + str(exc), "spool dropped entries: %s", exc)
+            except Exception as exc:
+                self._log_once(type(exc).__name__, "spool dropped entries: %s", exc)
+            self.count("dropped", len(chunk))
+            # Later chunks may wait longer: part of this call is already stored.
+            timeout = max(timeout or self.busy_timeout, 1.0)
+        return stored
+
+    def _chunks(self, rows: list[tuple[str, str, str]]) -> Iterator[list[tuple[str, str, str]]]:
+        """Split rows so one transaction stays well inside the WAL budget."""
+        limit = self._wal_pages * PAGE_SIZE // 2
+        chunk: list[tuple[str, str, str]] = []
+        size = 0
+        for row in rows:
+            if chunk and size + len(row[2]) > limit:
+                yield chunk
+                chunk, size = [], 0
+            chunk.append(row)
+            size += len(row[2]) + 16
+        if chunk:
+            yield chunk
 
     def _insert(self, conn: sqlite3.Connection, rows: list[tuple[str, str, str]]) -> int:
         sql = "INSERT INTO entries(kind, created_at, entry) VALUES (?, ?, ?)"
@@ -522,15 +543,18 @@ class Spool:
                 if not _is_full(exc) or conn.in_transaction:
                     raise
                 conn.execute("BEGIN IMMEDIATE")
-                if not self._at_cap(conn):
+                size = sum(len(r[2]) + 16 for r in rows)
+                if not self._at_cap(conn, size):
                     raise  # a full disk, not our cap: drop rather than evict
-                size = sum(len(r[2]) for r in rows)
                 evict = max(2 * evict, 2 * len(rows), 16, self._evict_chunk(conn, size))
         raise sqlite3.OperationalError("database or disk is full")
 
-    def _at_cap(self, conn: sqlite3.Connection) -> bool:
+    def _at_cap(self, conn: sqlite3.Connection, batch_bytes: int) -> bool:
+        """Whether ``batch_bytes`` more would pass max_page_count (else the disk is full)."""
         pages = conn.execute("PRAGMA page_count").fetchone()[0]
-        return bool(pages >= self._max_pages - 2)
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        needed = batch_bytes * 5 // 4 // PAGE_SIZE + 4
+        return bool(pages - free + needed >= self._max_pages)
 
     def _evict_chunk(self, conn: sqlite3.Connection, batch_bytes: int) -> int:
         # Free about 1/32 of the cap at once, so eviction is rare and amortised.
