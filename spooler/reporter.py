@@ -12,8 +12,8 @@ surviving process takes the lock over within a few seconds.
 Modes:
 
 * ``background`` (default): the hook builds the entry and appends it to a
-  bounded in-memory buffer; the writer thread commits it in groups (at most
-  ~100 ms or 500 entries per commit). A full buffer drops and counts.
+  bounded in-memory buffer; the writer thread commits it in groups (at least
+  every ~100 ms, or as soon as 500 entries wait). A full buffer drops and counts.
   A hard exit (``os._exit``, SIGKILL) loses at most the last ~100 ms.
 * ``immediate``: the hook commits in the caller's thread (durable on return);
   if another writer holds the lock it falls back to the buffer instead of
@@ -56,9 +56,13 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-GROUP_SIZE = 500  # most entries per commit
+GROUP_SIZE = 500  # entries that wake the writer before GROUP_WAIT is up
 GROUP_WAIT = 0.1  # most seconds an entry waits in the buffer
+# A writer behind a busy host takes larger groups: each commit costs a few GIL
+# hand-offs (up to 5 ms each while the host thread computes), whatever its size.
+MAX_GROUP = 5000
 HOT_BUSY_TIMEOUT = 0.002  # immediate mode: how long the host may wait for the lock
+WRITER_BUSY_TIMEOUT = 1.0  # how long the writer thread may wait for it
 TAKEOVER_INTERVAL = 5.0  # how often a non-shipping process tries to take shipping over
 
 
@@ -83,6 +87,7 @@ class Reporter:
         self._send_error_message = config.send_error_message
         self._error_max = config.error_message_max_length
         self._immediate = config.spool_mode == "immediate"
+        self._yield_at = max(GROUP_SIZE, config.buffer_size // 2)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -116,7 +121,10 @@ class Reporter:
             self._pid = pid
             # Opened on first use (by the writer thread in background mode),
             # so the host's thread never pays for quick_check or schema setup.
-            self._spool = Spool.from_config(self.config, busy_timeout=HOT_BUSY_TIMEOUT, lazy=True)
+            # The connection's own timeout is the one used most: the host's in
+            # immediate mode, the writer's in background mode.
+            busy = HOT_BUSY_TIMEOUT if self._immediate else WRITER_BUSY_TIMEOUT
+            self._spool = Spool.from_config(self.config, busy_timeout=busy, lazy=True)
             self._stop.clear()
             self._writer = threading.Thread(
                 target=self._write_loop, name="spooler.writer", daemon=True
@@ -168,7 +176,7 @@ class Reporter:
         writer = self._writer
         if writer is not None and writer is not threading.current_thread():
             writer.join(1.0)
-        self._flush_buffer(timeout=1.0)
+        self._flush_buffer(timeout=WRITER_BUSY_TIMEOUT)
         left = True
         if self._shipper is not None:
             left = self._shipper.stop(flush_timeout=timeout, join_timeout=0.5)
@@ -241,6 +249,11 @@ class Reporter:
             buffer.append(entry)
             if len(buffer) >= GROUP_SIZE:
                 self._wake.set()
+                if len(buffer) >= self._yield_at:
+                    # A host computing flat out starves the writer of the GIL
+                    # (it waits 5 ms per hand-off). Past half the buffer, hand the
+                    # GIL over cooperatively; this waits for no lock and no I/O.
+                    time.sleep(0)
             return True
         except Exception:
             try:
@@ -258,7 +271,7 @@ class Reporter:
             try:
                 self._wake.wait(GROUP_WAIT)
                 self._wake.clear()
-                self._flush_buffer(timeout=1.0)
+                self._flush_buffer(timeout=WRITER_BUSY_TIMEOUT)
                 spool = self._spool
                 if spool is not None:
                     spool.flush_counters(timeout=0.5)
@@ -283,7 +296,7 @@ class Reporter:
         while buffer and spool is not None:
             group: list[dict[str, Any]] = []
             try:
-                while len(group) < GROUP_SIZE:
+                while len(group) < MAX_GROUP:
                     group.append(buffer.popleft())
             except IndexError:
                 pass

@@ -56,6 +56,12 @@ DEAD_LETTER_KEEP = 10_000
 # SQLite result codes (sqlite3 exposes them only from Python 3.11).
 _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_NOTADB = 11, 13, 26
 _OPEN_TIMEOUT = 2.0
+_INSERT_ONE = "INSERT INTO entries(kind, created_at, entry) VALUES (?, ?, ?)"
+_INSERT_MANY = (
+    "INSERT INTO entries(kind, created_at, entry) "
+    "SELECT coalesce(json_extract(value, '$.status'), 'unknown'), ?1, value "
+    "FROM json_each(?2) ORDER BY key"
+)
 
 #: Every counter a spool keeps, in the order ``status`` prints them.
 COUNTER_NAMES = (
@@ -405,6 +411,8 @@ class Spool:
 
     def _write(self, conn: sqlite3.Connection, work: Any, timeout: float | None) -> Any:
         """Run ``work(conn)`` in one BEGIN IMMEDIATE transaction with pending counters."""
+        if timeout == self.busy_timeout:
+            timeout = None  # already in force: skip two PRAGMA round trips
         if timeout is not None:
             conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
         try:
@@ -530,19 +538,28 @@ class Spool:
             yield chunk
 
     def _insert(self, conn: sqlite3.Connection, rows: list[tuple[str, str, str]]) -> int:
-        sql = "INSERT INTO entries(kind, created_at, entry) VALUES (?, ?, ?)"
+        # One statement for the whole group: executemany would release and
+        # retake the GIL per row, and a busy host thread then starves the writer
+        # (5 ms switch interval per row). json_each keeps it to one round trip.
+        if len(rows) == 1:
+            sql, params = _INSERT_ONE, rows[0]
+        else:
+            sql = _INSERT_MANY
+            params = (rows[0][1], "[" + ",".join(r[2] for r in rows) + "]")
         evict = 0
         for _ in range(8):
             try:
                 if evict and not self._evict(conn, evict):
                     raise sqlite3.OperationalError("database or disk is full")
-                conn.executemany(sql, rows)
+                conn.execute(sql, params)
                 return len(rows)
             except sqlite3.OperationalError as exc:
-                # SQLITE_FULL rolls the whole transaction back (evictions too).
-                if not _is_full(exc) or conn.in_transaction:
+                if not _is_full(exc):
                     raise
-                conn.execute("BEGIN IMMEDIATE")
+                # SQLITE_FULL may roll back the statement or the whole
+                # transaction (evictions too); carry on in a transaction either way.
+                if not conn.in_transaction:
+                    conn.execute("BEGIN IMMEDIATE")
                 size = sum(len(r[2]) + 16 for r in rows)
                 if not self._at_cap(conn, size):
                     raise  # a full disk, not our cap: drop rather than evict
