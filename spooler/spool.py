@@ -541,6 +541,7 @@ class Spool:
         # One statement for the whole group: executemany would release and
         # retake the GIL per row, and a busy host thread then starves the writer
         # (5 ms switch interval per row). json_each keeps it to one round trip.
+        params: tuple[str, ...]
         if len(rows) == 1:
             sql, params = _INSERT_ONE, rows[0]
         else:
