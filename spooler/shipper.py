@@ -547,7 +547,10 @@ def _describe(exc: BaseException | None) -> str:
 
 
 def _parse_iso(value: str) -> float:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except (ValueError, TypeError, AttributeError):
+        return 0.0  # unparseable: treat as old, so it is sent rather than held
 
 
 def _now_iso() -> str:

@@ -56,10 +56,12 @@ DEAD_LETTER_KEEP = 10_000
 # SQLite result codes (sqlite3 exposes them only from Python 3.11).
 _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_NOTADB = 11, 13, 26
 _OPEN_TIMEOUT = 2.0
+_encode = json.JSONEncoder(separators=(",", ":")).encode
 _INSERT_ONE = "INSERT INTO entries(kind, created_at, entry) VALUES (?, ?, ?)"
 _INSERT_MANY = (
     "INSERT INTO entries(kind, created_at, entry) "
-    "SELECT coalesce(json_extract(value, '$.status'), 'unknown'), ?1, value "
+    "SELECT coalesce(json_extract(value, '$.status'), 'unknown'), "
+    "coalesce(json_extract(value, '$.timestamp'), ?1), value "
     "FROM json_each(?2) ORDER BY key"
 )
 
@@ -79,7 +81,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,  -- append order, never reused
     kind       TEXT NOT NULL,                      -- emitted | published | dead_lettered
-    created_at TEXT NOT NULL,                      -- when it was spooled, ISO 8601 UTC
+    created_at TEXT NOT NULL,                      -- the entry's timestamp, ISO 8601 UTC
     entry      TEXT NOT NULL                       -- the metadata entry as JSON
 );
 CREATE TABLE IF NOT EXISTS dead_letters (
@@ -491,11 +493,14 @@ class Spool:
         if not entries:
             return 0
         try:
-            created = _now_iso()
-            rows = [
-                (str(e.get("status") or "unknown"), created, json.dumps(e, separators=(",", ":")))
-                for e in entries
-            ]
+            now: str | None = None
+            rows = []
+            for e in entries:
+                # An entry's creation time is its notification timestamp.
+                created = e.get("timestamp")
+                if not isinstance(created, str):
+                    created = now = now or _now_iso()
+                rows.append((str(e.get("status") or "unknown"), created, _encode(e)))
         except Exception as exc:  # an entry that cannot be encoded
             self.count("dropped", len(entries))
             self._log_once("encode", "spool dropped entries it could not encode: %s", exc)
@@ -504,9 +509,7 @@ class Spool:
         for chunk in self._chunks(rows):
             try:
                 with self._locked(timeout) as conn:
-                    stored += int(
-                        self._write(conn, lambda c, ch=chunk: self._insert(c, ch), timeout)
-                    )
+                    stored += self._store(conn, chunk, timeout)
                     continue
             except SpoolBusyError:
                 if raise_on_busy and not stored:
@@ -522,6 +525,20 @@ class Spool:
             # Later chunks may wait longer: part of this call is already stored.
             timeout = max(timeout or self.busy_timeout, 1.0)
         return stored
+
+    def _store(
+        self, conn: sqlite3.Connection, rows: list[tuple[str, str, str]], timeout: float | None
+    ) -> int:
+        if len(rows) == 1 and not self._pending and timeout in (None, self.busy_timeout):
+            # One row and nothing else to write: a single autocommit statement
+            # is its own transaction (one round trip instead of three).
+            try:
+                conn.execute(_INSERT_ONE, rows[0])
+                return 1
+            except sqlite3.OperationalError as exc:
+                if not _is_full(exc):
+                    raise  # at the cap: evict in a transaction below
+        return int(self._write(conn, lambda c: self._insert(c, rows), timeout))
 
     def _chunks(self, rows: list[tuple[str, str, str]]) -> Iterator[list[tuple[str, str, str]]]:
         """Split rows so one transaction stays well inside the WAL budget."""
@@ -792,7 +809,8 @@ def _collect_stats(conn: sqlite3.Connection, path: str, max_bytes: int) -> Spool
             files[os.path.basename(name)] = os.stat(name).st_size
     age = None
     if oldest:
-        age = max(0.0, time.time() - _parse_iso(oldest[0]).timestamp())
+        with contextlib.suppress(ValueError, TypeError):
+            age = max(0.0, time.time() - _parse_iso(oldest[0]).timestamp())
     return SpoolStats(
         path=path,
         spool_id=meta.get("spool_id"),
