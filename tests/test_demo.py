@@ -21,9 +21,8 @@ BUSINESS_DATA = [text for customer in CUSTOMERS for text in customer] + [
     "shipping_address",
     "card_last4",
     "amount_cents",
-    "4242",
     "request_id",
-    "declined",
+    '"declined"',
 ]
 
 
