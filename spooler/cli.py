@@ -65,7 +65,7 @@ def _config(args: argparse.Namespace, **extra: Any) -> Config:
 
 
 def _cmd_ship(args: argparse.Namespace) -> int:
-    from spooler.shipper import Shipper
+    from spooler.shipper import BACKOFF_MAX, Shipper
 
     config = _config(args)
     if not config.api_key:
@@ -74,7 +74,15 @@ def _cmd_ship(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    shipper = Shipper(config, max_attempts=5 if args.once else None)
+    max_attempts = args.max_attempts if args.max_attempts is not None else 5 if args.once else None
+    if max_attempts is not None and max_attempts < 1:
+        print("spooler ship: --max-attempts must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    backoff_max = BACKOFF_MAX if args.backoff_max is None else args.backoff_max
+    if not backoff_max > 0:
+        print("spooler ship: --backoff-max must be a positive number of seconds", file=sys.stderr)
+        return EXIT_USAGE
+    shipper = Shipper(config, max_attempts=max_attempts, backoff_max=backoff_max)
     try:
         shipper.lock.acquire()
     except ShipperLockedError as exc:
@@ -301,6 +309,20 @@ def _parser() -> argparse.ArgumentParser:
         "--once",
         action="store_true",
         help="drain what is there and exit: 0 if all delivered, 1 if anything is left",
+    )
+    ship.add_argument(
+        "--max-attempts",
+        type=int,
+        metavar="N",
+        help="advanced: tries per batch before giving up for now (default 5 with --once, "
+        "else until delivered)",
+    )
+    ship.add_argument(
+        "--backoff-max",
+        type=float,
+        metavar="SECONDS",
+        help="advanced: longest wait between retries, also how often a refused key is "
+        "probed (default 60); e.g. --once --max-attempts 2 --backoff-max 0.1 gives up fast",
     )
     common(ship)
     ship.set_defaults(func=_cmd_ship)

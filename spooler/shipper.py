@@ -54,6 +54,7 @@ logger = logging.getLogger(__name__)
 BACKOFF_INITIAL = 0.5  # seconds; the first wait is uniform in [0, 2 * BACKOFF_INITIAL]
 BACKOFF_MAX = 60.0  # seconds; also the interval between probes while the key is refused
 _STARTED = time.monotonic()
+_WATCH_TIMEOUT_MS = 1000  # the watcher reports it is in place within this long
 
 
 class ShipperLock:
@@ -70,6 +71,10 @@ class ShipperLock:
 
     def acquire(self) -> None:
         """Take the lock or raise :class:`ShipperLockedError` naming the holder."""
+        if self.held:
+            # flock conflicts between two descriptors of one process: a second
+            # open+flock here would refuse our own lock (``ship`` takes it, then run()).
+            return
         os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -140,11 +145,17 @@ class CycleResult:
     sleeps: list[float] = field(default_factory=list)
 
 
+class _Stopped(Exception):
+    """The shipper was stopped while sleeping out a backoff."""
+
+
 class _Wait(tenacity.wait.wait_base):
     """Full-jitter exponential backoff that never waits less than Retry-After asks."""
 
     def __init__(self, initial: float, maximum: float) -> None:
-        self._jitter = tenacity.wait_random_exponential(multiplier=initial, max=maximum)
+        # tenacity's n-th window is multiplier * 2**(n-1): doubling the multiplier gives the
+        # documented [0, initial * 2**n], i.e. up to 1 s, 2 s, 4 s ... with the defaults.
+        self._jitter = tenacity.wait_random_exponential(multiplier=2 * initial, max=maximum)
         self._max_retry_after = 300.0
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:
@@ -296,8 +307,7 @@ class Shipper:
             return path == wal
 
         try:
-            self.watching = True
-            for _changes in watchfiles.watch(
+            for changes in watchfiles.watch(
                 folder,
                 watch_filter=only_wal,
                 debounce=20,
@@ -305,8 +315,16 @@ class Shipper:
                 stop_event=self._stop,
                 recursive=False,
                 raise_interrupt=False,
+                rust_timeout=_WATCH_TIMEOUT_MS,
+                yield_on_timeout=True,
             ):
-                self._wake.set()
+                if not self.watching:
+                    # The first yield proves the watch is in place. Only now may the loop
+                    # sleep long; wake it once for rows that came before the watch did.
+                    self.watching = True
+                    self._wake.set()
+                elif changes:
+                    self._wake.set()
         except Exception as exc:
             # Fall back to polling (see _idle_wait) where watching is impossible.
             logger.info("cannot watch %s (%s); polling instead", folder, type(exc).__name__)
@@ -468,11 +486,15 @@ class Shipper:
         elif self._max_attempts is not None:
             stop = stop | tenacity.stop_after_attempt(self._max_attempts)
 
+        failures: list[BaseException] = []
+
         def before_sleep(state: tenacity.RetryCallState) -> None:
             result.retries += 1
             wait = state.next_action.sleep if state.next_action else 0.0
             result.sleeps.append(wait)
             exc = state.outcome.exception() if state.outcome else None
+            if exc is not None:
+                failures.append(exc)
             self._record_error(_describe(exc), None)
             logger.info("delivery failed (%s); retrying in %.1f s", _describe(exc), wait)
 
@@ -484,19 +506,29 @@ class Shipper:
             before_sleep=before_sleep,
             reraise=True,
         )
-        retrying(self.client.send_entries, entries, idempotency_key=key)
+        try:
+            retrying(self.client.send_entries, entries, idempotency_key=key)
+        except _Stopped:
+            raise failures[-1] from None
 
     def _sleep(self, seconds: float) -> None:
         self._sleep_fn(seconds)
+        if self._stop.is_set():
+            # Stopped during the backoff: give up now. tenacity would send once more
+            # before looking at its stop condition, and that request may hang.
+            raise _Stopped
 
     def _on_auth_error(self, exc: AuthError, result: CycleResult) -> None:
         result.auth_failed = True
-        message = f"Cloud refused the API key ({exc.status}); spool kept, probing every 60 s"
+        message = (
+            f"Cloud refused the API key ({exc.status}); spool kept, "
+            f"probing every {self._backoff_max:g} s"
+        )
         self._record_error(message, result)
         if not self._auth_logged:
             logger.error(
                 "EventEngine Cloud refused the API key (HTTP %s): delivery paused, entries stay "
-                "in the spool; probing again every %.0f s",
+                "in the spool; probing again every %g s",
                 exc.status,
                 self._backoff_max,
             )
