@@ -365,6 +365,34 @@ def test_an_answer_slower_than_the_client_timeout_is_transient(
     assert event_ids(receiver) == [0, 1, 2]
 
 
+def test_the_api_key_never_reaches_a_log_line(
+    receiver: Receiver, spool: Spool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Over cycles with retries, drops, rejections, refusals and successes, no log has the key."""
+    caplog.set_level(logging.DEBUG)
+    spool.append_many([make_entry(i, name="poison" if i == 4 else "x") for i in range(8)])
+    faults = iter(
+        [
+            Faults(close_rate=1.0),
+            Faults(status=429, first_n=1, retry_after="1"),
+            Faults(reject_event_names=frozenset({"poison"})),
+        ]
+    )
+    sleeps = Sleeps(then=lambda: receiver.set_faults(next(faults, None)))
+    receiver.set_faults(Faults(status=503, first_n=1))
+    with shipping(receiver, spool, sleep=sleeps) as shipper:
+        shipper.drain()
+        receiver.set_faults(Faults(status=401, rate=1.0))
+        spool.append(make_entry(8))
+        shipper.drain()
+        receiver.set_faults(None)
+        shipper.drain()
+    assert receiver.entry_count() == 8 and spool.stats().counters["dead_lettered"] == 1
+    text = caplog.text + "".join(str(r.args) for r in caplog.records)
+    assert "refused the API key" in text and "HTTP 503" in text
+    assert KEY not in text
+
+
 # -- backoff --------------------------------------------------------------------------
 
 

@@ -1,0 +1,378 @@
+"""The command line: ship (one per spool, clean stops, --once), status and receive."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from spooler.cli import main
+from spooler.config import ENV_VARS, Config
+from spooler.receiver import Faults, Receiver
+from spooler.shipper import Shipper, ShipperLock
+from spooler.spool import COUNTER_NAMES, Spool
+from tests.conftest import make_entry
+
+KEY = "sk_test_CL1_zq8Xv3Wk7Pm2Lr9T"
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll ``check`` until it is true or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.01)
+    return check()
+
+
+def child_env(**values: str) -> dict[str, str]:
+    """This environment without any EVENT_ENGINE_CLOUD_* variable, plus ``values``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENT_ENGINE_CLOUD_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(values)
+    return env
+
+
+def ship_env(spool_path: str, endpoint: str, **extra: str) -> dict[str, str]:
+    return child_env(
+        EVENT_ENGINE_CLOUD_KEY=KEY,
+        EVENT_ENGINE_CLOUD_ENDPOINT=endpoint,
+        EVENT_ENGINE_CLOUD_SPOOL_PATH=spool_path,
+        **extra,
+    )
+
+
+def spawn(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "spooler", *args],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def lock_holder(spool_path: str) -> int | None:
+    try:
+        with open(spool_path + ".ship.lock", encoding="ascii") as f:
+            return int(f.read().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Iterator[Receiver]:
+    with Receiver(api_key=KEY, db_path=tmp_path / "cloud.db") as r:
+        yield r
+
+
+@pytest.fixture
+def cli_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The key in the environment for in-process main(); signal handlers put back after."""
+    for var in ENV_VARS.values():
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv(ENV_VARS["api_key"], KEY)
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+def fill(spool_path: str, n: int, *, name: str = "order.placed", start: int = 0) -> None:
+    with Spool(spool_path) as s:
+        assert s.append_many([make_entry(i, name=name) for i in range(start, start + n)]) == n
+
+
+# -- ship ------------------------------------------------------------------------------
+
+
+def test_a_second_ship_process_exits_3_with_a_clear_message(
+    tmp_path: Path, spool_path: str
+) -> None:
+    """``ship`` on a spool another shipper holds exits with code 3 and names the holder."""
+    fill(spool_path, 1)
+    lock = ShipperLock(spool_path)
+    lock.acquire()
+    try:
+        with spawn(["ship"], ship_env(spool_path, "http://127.0.0.1:9"), tmp_path) as proc:
+            _, err = proc.communicate(timeout=30)  # a hang detector
+    finally:
+        lock.release()
+    assert proc.returncode == 3
+    assert "another shipper" in err and f"pid {os.getpid()}" in err
+    assert "Traceback" not in err
+
+
+def test_the_lock_is_released_when_the_shipper_is_killed(
+    tmp_path: Path, spool_path: str, receiver: Receiver
+) -> None:
+    """After the shipping process dies by SIGKILL, a new shipper can start at once."""
+    fill(spool_path, 1)
+    config = Config(api_key=KEY, endpoint=receiver.url, spool_path=spool_path)
+    with spawn(["ship"], ship_env(spool_path, receiver.url), tmp_path) as proc:
+        try:
+            assert wait_for(lambda: lock_holder(spool_path) == proc.pid), proc.poll()
+            blocked = Shipper(config)
+            assert blocked.start() is False
+            blocked.close()
+        finally:
+            proc.kill()
+            proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    taker = Shipper(config)
+    try:
+        assert taker.start() is True
+    finally:
+        taker.stop()
+
+
+def test_ship_stops_cleanly_on_sigterm_and_keeps_what_it_did_not_send(
+    tmp_path: Path, spool_path: str, receiver: Receiver
+) -> None:
+    """SIGTERM ends ``ship`` with 0 soon; every entry either arrived or is still spooled."""
+    receiver.set_faults(Faults(delay=0.05))
+    fill(spool_path, 200)
+    env = ship_env(
+        spool_path,
+        receiver.url,
+        EVENT_ENGINE_CLOUD_BATCH_SIZE="5",
+        EVENT_ENGINE_CLOUD_FLUSH_INTERVAL="0.05",
+    )
+    with spawn(["ship"], env, tmp_path) as proc:
+        try:
+            assert wait_for(lambda: receiver.entry_count() >= 10), proc.poll()
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=10)  # a hang detector
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert proc.returncode == 0, err
+    assert "received SIGTERM" in err
+    with Spool(spool_path) as s:
+        waiting = [r.entry["event_id"] for r in s.read_batch(1000)]
+    arrived = [e["event_id"] for e in receiver.entries()]
+    assert waiting, "everything was delivered before the signal: nothing was in flight"
+    assert sorted(arrived + waiting) == list(range(200))
+
+
+def test_ship_once_exits_0_when_everything_is_delivered(
+    spool_path: str, receiver: Receiver, cli_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``ship --once`` drains the spool and exits 0 when all of it was delivered."""
+    fill(spool_path, 12)
+    code = main(["ship", "--once", "--spool", spool_path, "--endpoint", receiver.url])
+    assert code == 0
+    assert [e["event_id"] for e in receiver.entries()] == list(range(12))
+    assert KEY not in "".join(capsys.readouterr())
+
+
+def test_ship_once_exits_1_when_the_cloud_is_down(
+    spool_path: str, cli_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``ship --once`` gives up after its retries and exits 1, leaving the rows spooled."""
+    fill(spool_path, 3)
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    argv = ["ship", "--once", "--spool", spool_path, "--endpoint", endpoint]
+    code = main([*argv, "--max-attempts", "2", "--backoff-max", "0.05"])
+    assert code == 1
+    with Spool(spool_path) as s:
+        stats = s.stats()
+    assert stats.depth == 3 and stats.last_error
+    assert KEY not in "".join(capsys.readouterr())
+
+
+def test_ship_once_exits_1_when_something_was_rejected(
+    spool_path: str, receiver: Receiver, cli_env: None
+) -> None:
+    """``ship --once`` delivers what it can but exits 1 when the Cloud rejected an entry."""
+    receiver.set_faults(Faults(reject_event_names=frozenset({"poison"})))
+    fill(spool_path, 2)
+    fill(spool_path, 1, name="poison", start=2)
+    assert main(["ship", "--once", "--spool", spool_path, "--endpoint", receiver.url]) == 1
+    assert [e["event_id"] for e in receiver.entries()] == [0, 1]
+
+
+def test_ship_rejects_a_nonsensical_max_attempts(spool_path: str, cli_env: None) -> None:
+    """``--max-attempts 0`` is a usage error, not a shipper that never sends."""
+    assert main(["ship", "--once", "--spool", spool_path, "--max-attempts", "0"]) == 2
+
+
+# -- status ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def used_spool(spool_path: str, receiver: Receiver) -> str:
+    """A spool that delivered some entries, dead-lettered one, and has two waiting."""
+    receiver.set_faults(Faults(reject_event_names=frozenset({"poison"})))
+    fill(spool_path, 3)
+    fill(spool_path, 1, name="poison", start=3)
+    config = Config(api_key=KEY, endpoint=receiver.url, spool_path=spool_path)
+    shipper = Shipper(config)
+    try:
+        shipper.drain()
+    finally:
+        shipper.stop()
+    receiver.set_faults(Faults(status=503, rate=1.0))
+    fill(spool_path, 2, start=4)
+    shipper = Shipper(config, max_attempts=1)
+    try:
+        shipper.drain()
+    finally:
+        shipper.stop()
+    return spool_path
+
+
+def test_status_shows_every_number_and_never_the_key(
+    used_spool: str, cli_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``status`` prints path, depth, bytes, oldest age, counters, last delivery and error."""
+    assert main(["status", "--spool", used_spool]) == 0
+    out, err = capsys.readouterr()
+    with Spool(used_spool) as s:
+        stats = s.stats()
+    assert used_spool in out
+    assert "waiting        2 entries" in out
+    assert "oldest" in out and "ago" in out
+    assert "on disk" in out and "KiB" in out
+    for name in COUNTER_NAMES:
+        assert f"{name} {stats.counters[name]}" in out
+    assert "shipped 3" in out and "dead_lettered 1" in out
+    assert stats.last_delivery_at is not None and stats.last_delivery_at in out
+    assert "last error     HTTP 503" in out
+    assert KEY not in out + err
+
+
+def test_status_json_has_every_field_and_never_the_key(
+    used_spool: str, cli_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``status --json`` carries the same facts, machine-readable, without the key."""
+    assert main(["status", "--spool", used_spool, "--json"]) == 0
+    out, err = capsys.readouterr()
+    data: dict[str, Any] = json.loads(out)
+    assert data["path"] == used_spool and data["exists"] is True
+    assert data["depth"] == 2
+    assert data["bytes_on_disk"] > 0
+    assert data["oldest_age_seconds"] >= 0
+    assert set(COUNTER_NAMES) <= set(data["counters"])
+    assert data["counters"]["shipped"] == 3 and data["counters"]["dead_lettered"] == 1
+    assert data["last_delivery_at"] and data["last_error"] == "HTTP 503"
+    assert KEY not in out + err
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_status_of_a_missing_spool_says_so_and_exits_1(
+    tmp_path: Path, cli_env: None, capsys: pytest.CaptureFixture[str], as_json: bool
+) -> None:
+    """``status`` on a path with no spool says there is none and exits 1."""
+    missing = str(tmp_path / "nowhere" / "spool.db")
+    assert main(["status", "--spool", missing, *(["--json"] if as_json else [])]) == 1
+    out = capsys.readouterr().out
+    if as_json:
+        assert json.loads(out) == {"path": missing, "exists": False}
+    else:
+        assert f"no spool at {missing}" in out
+    assert not os.path.exists(missing)
+
+
+# -- receive ---------------------------------------------------------------------------
+
+
+def read_line(stream: Any, timeout: float) -> str:
+    """One line from a child's pipe, or '' if none comes within ``timeout``."""
+    ready, _, _ = select.select([stream], [], [], timeout)
+    return str(stream.readline()) if ready else ""
+
+
+def test_receive_stores_a_valid_batch_and_stops_on_sigterm(tmp_path: Path) -> None:
+    """``receive --port 0`` prints its URL, stores a valid batch, and exits 0 on SIGTERM."""
+    db = tmp_path / "received.db"
+    env = child_env(EVENT_ENGINE_CLOUD_KEY=KEY)
+    with spawn(["receive", "--port", "0", "--db", str(db)], env, tmp_path) as proc:
+        try:
+            line = read_line(proc.stderr, timeout=30)  # a hang detector
+            assert line.startswith("receiving on http://127.0.0.1:"), line
+            url = line.split()[2]
+            entry = dict(make_entry(1), entry_id="e-1", timestamp="2026-01-15T10:30:00Z")
+            headers = {
+                "Authorization": f"Bearer {KEY}",
+                "X-EventEngine-Gem-Version": "0.1.0",
+                "Idempotency-Key": "k-1",
+            }
+            with httpx.Client(timeout=10) as http:
+                answer = http.post(url + "/events", json={"entries": [entry]}, headers=headers)
+            assert answer.status_code == 202 and answer.json()["accepted"] == 1
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=10)  # a hang detector
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert proc.returncode == 0, err
+    assert KEY not in line + out + err
+    assert Receiver(api_key=KEY, db_path=db).entry_ids() == ["e-1"]
+
+
+# -- crashes ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_shipper_killed_again_and_again_loses_nothing(
+    tmp_path: Path, spool_path: str, receiver: Receiver
+) -> None:
+    """SIGKILLed mid-delivery many times and restarted, ship loses nothing; re-sends are dupes."""
+    receiver.set_faults(Faults(delay=0.02))
+    env = ship_env(
+        spool_path,
+        receiver.url,
+        EVENT_ENGINE_CLOUD_BATCH_SIZE="25",
+        EVENT_ENGINE_CLOUD_FLUSH_INTERVAL="0.05",
+    )
+    rng = random.Random()
+    total = 3000
+    fill(spool_path, total)
+    for _ in range(9):
+        with spawn(["ship"], env, tmp_path) as proc:
+            # Startup takes ~0.4 s: kill somewhere in the first ~0.6 s of delivery.
+            time.sleep(rng.uniform(0.4, 1.0))
+            proc.kill()
+            proc.communicate(timeout=30)
+        fill(spool_path, 50, start=total)
+        total += 50
+    # The kills landed during delivery, not all before it began.
+    assert 0 < receiver.entry_count() < total
+    with spawn(["ship", "--once"], env, tmp_path) as proc:
+        _, err = proc.communicate(timeout=60)  # a hang detector
+    assert proc.returncode == 0, err
+
+    arrived = [e["event_id"] for e in receiver.entries()]
+    assert arrived == list(range(total))  # none lost, first arrivals in append order
+    assert receiver.entry_count() == total
+    sent = sum(r["entries"] for r in receiver.requests() if r["path"] == "/events")
+    accepted = [r for r in receiver.requests() if r["path"] == "/events" and r["status"] == 202]
+    assert sum(r["entries"] for r in accepted) == total + receiver.duplicate_count()
+    assert sent >= total
+    with Spool(spool_path) as s:
+        stats = s.stats()
+    assert stats.depth == 0
+    assert stats.counters["shipped"] == stats.counters["appended"] == total
