@@ -226,6 +226,8 @@ class Spool:
         # half the threshold, see _chunks) plus a few pages of eviction bookkeeping.
         reserve = _SHM_BYTES + 32 + (self._wal_pages * 2 + 8) * _WAL_FRAME
         self._max_pages = max(32, (self.max_bytes - reserve) // PAGE_SIZE)
+        self._wal_limit = int(self._wal_pages * 1.5) * _WAL_FRAME + 32
+        self._writes = 0
         self._lock = threading.Lock()
         self._pending_lock = threading.Lock()
         self._pending: dict[str, int] = {}
@@ -529,16 +531,46 @@ class Spool:
     def _store(
         self, conn: sqlite3.Connection, rows: list[tuple[str, str, str]], timeout: float | None
     ) -> int:
+        stored = 0
         if len(rows) == 1 and not self._pending and timeout in (None, self.busy_timeout):
             # One row and nothing else to write: a single autocommit statement
             # is its own transaction (one round trip instead of three).
             try:
                 conn.execute(_INSERT_ONE, rows[0])
-                return 1
+                stored = 1
             except sqlite3.OperationalError as exc:
                 if not _is_full(exc):
                     raise  # at the cap: evict in a transaction below
-        return int(self._write(conn, lambda c: self._insert(c, rows), timeout))
+        if not stored:
+            stored = int(self._write(conn, lambda c: self._insert(c, rows), timeout))
+        self._writes += 1
+        if len(rows) > 1 or self._writes % 16 == 0:
+            self._bound_wal(conn)
+        return stored
+
+    def _bound_wal(self, conn: sqlite3.Connection) -> None:
+        """Restart the WAL when readers kept the automatic checkpoint from doing so.
+
+        A checkpoint cannot rewind the WAL while another connection (the
+        shipper's reads) still uses it, so with overlapping readers it only
+        grows. Past 1.5x its threshold, a TRUNCATE checkpoint waits (busy
+        timeout) for those brief readers and gives the space back.
+        """
+        try:
+            size = os.stat(self.path + "-wal").st_size
+        except OSError:
+            return
+        if size <= self._wal_limit:
+            return
+        for attempt in range(5):
+            try:
+                busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            except sqlite3.Error:
+                return
+            if not busy:
+                return
+            # Another connection was checkpointing; that lock has no busy handler.
+            time.sleep(0.001 * (attempt + 1))
 
     def _chunks(self, rows: list[tuple[str, str, str]]) -> Iterator[list[tuple[str, str, str]]]:
         """Split rows so one transaction stays well inside the WAL budget."""

@@ -596,11 +596,6 @@ def test_an_outage_past_the_cap_loses_only_counted_entries(tmp_path: Path, spool
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="spool.py bug: a second connection (the shipper's reads and set_meta) lets the "
-    "WAL outgrow its reserve; db+wal+shm reach ~1.03-1.04x the cap",
-    strict=False,
-)
 def test_an_outage_past_the_cap_keeps_the_files_within_it(tmp_path: Path, spool_path: str) -> None:
     """While a shipper retries through an outage, db + wal + shm never pass the cap."""
     cap = 1 << 20

@@ -461,3 +461,34 @@ def test_a_full_disk_drops_and_counts_then_recovers(spool_path: str) -> None:
     assert result["dropped"] == result["failed"]
     assert result["ok_after"] == 20
     assert result["depth"] == 1 + (200 - result["failed"]) + 20
+
+
+def test_the_cap_holds_while_another_connection_reads_and_writes(spool_path: str) -> None:
+    """A shipper-like second connection reading and recording state all the time cannot make
+    the WAL outgrow its share: db + wal + shm stay within the cap."""
+    cap = 1 << 20
+    appender = Spool(spool_path, max_bytes=cap)
+    other = Spool(spool_path, max_bytes=cap)
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            other.read_batch(100)
+            other.set_meta({"last_error": "HTTP 503"})
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=churn)
+    thread.start()
+    biggest = 0
+    try:
+        for i in range(0, 15_000, 50):
+            appender.append_many([make_entry(j) for j in range(i, i + 50)])
+            biggest = max(biggest, files_size(spool_path))
+    finally:
+        stop.set()
+        thread.join()
+        other.close()
+        stats = appender.stats()
+        appender.close()
+    assert biggest <= cap, biggest
+    assert stats.counters["appended"] == stats.counters["evicted"] + stats.depth
