@@ -253,6 +253,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         workdir=args.workdir,
         fail_share=args.fail_share,
         quiet=args.verbose < 0,
+        out=lambda line: print(line, flush=True),
     )
 
 

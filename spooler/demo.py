@@ -57,9 +57,9 @@ _APP_MODULE = "_spooler_demo_outbox_app"
 _RUN_FILES = ("spool.db*", "receiver.db*", "outbox.db*")
 
 
-def _stdout(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+def _log_line(line: str) -> None:
+    # Library default; `python -m spooler demo` passes a terminal writer.
+    logger.info("%s", line)
 
 
 def run_demo(
@@ -77,7 +77,7 @@ def run_demo(
     """
     if seconds < 0 or rate <= 0 or not 0.0 <= fail_share <= 1.0:
         raise ValueError("need seconds >= 0, rate > 0 and 0 <= fail_share <= 1")
-    write = out or _stdout
+    write = out or _log_line
     progress: Callable[[str], None] = (lambda _line: None) if quiet else write
     folder = Path(workdir or DEFAULT_WORKDIR).resolve()
     _wipe(folder)

@@ -281,7 +281,7 @@ class Shipper:
 
     def _waiting(self) -> int:
         try:
-            return self.spool.peek(1)[0]
+            return self.spool.peek(1 << 62)[0]
         except Exception:
             return -1
 
