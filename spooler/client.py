@@ -107,6 +107,17 @@ class CloudClient:
         body = _encode({"entries": [dict(entry) for entry in entries]})
         self._post("/events", body, idempotency_key, count=len(entries))
 
+    def send_entries_json(self, body: bytes, *, count: int, idempotency_key: str) -> None:
+        """POST an already encoded ``{"entries": [...]}`` body of ``count`` entries.
+
+        The shipper builds it from the spool's JSON text without parsing it again.
+        """
+        if not body or count < 1:
+            raise ValueError("body must hold at least one entry")
+        if not idempotency_key:
+            raise ValueError("idempotency_key must not be empty")
+        self._post("/events", body, idempotency_key, count=count)
+
     def send_heartbeat(self, heartbeat: Mapping[str, Any]) -> None:
         """POST one heartbeat object to ``/heartbeat`` under a fresh idempotency key."""
         self._post("/heartbeat", _encode(dict(heartbeat)), str(uuid.uuid4()), count=0)

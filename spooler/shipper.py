@@ -438,17 +438,27 @@ class Shipper:
 
     # -- one batch -----------------------------------------------------------------
 
-    def _entries(self, rows: Sequence[SpoolRow]) -> tuple[list[dict[str, Any]], str]:
+    def _body(self, rows: Sequence[SpoolRow]) -> tuple[bytes, str]:
+        """The request body and its Idempotency-Key, both stable for the same rows.
+
+        Each stored entry is a JSON object; ``entry_id`` is spliced in before its
+        closing brace, so the text is never parsed and encoded again.
+        """
         sid = self.spool.spool_id or "spool"
-        entries = [dict(r.entry, entry_id=f"{sid}-{r.id}") for r in rows]
+        parts = []
+        for r in rows:
+            text = r.text.rstrip()
+            tail = f'"entry_id":"{sid}-{r.id}"}}'
+            parts.append(text[:-1] + ("," if text[:-1].strip() != "{" else "") + tail)
+        body = ('{"entries":[' + ",".join(parts) + "]}").encode("utf-8")
         digest = hashlib.sha256(f"{sid}:{','.join(str(r.id) for r in rows)}".encode())
-        return entries, digest.hexdigest()[:40]
+        return body, digest.hexdigest()[:40]
 
     def _deliver(self, rows: Sequence[SpoolRow], result: CycleResult, *, final: bool) -> bool:
         """Send rows (splitting or bisecting as the Cloud asks); False to stop this cycle."""
-        entries, key = self._entries(rows)
+        body, key = self._body(rows)
         try:
-            self._send_with_retry(entries, key, result, final=final)
+            self._send_with_retry(body, len(rows), key, result, final=final)
         except (PayloadTooLargeError, RejectedError) as exc:
             if len(rows) == 1:
                 reason = "too large" if isinstance(exc, PayloadTooLargeError) else "rejected"
@@ -478,7 +488,7 @@ class Shipper:
         return True
 
     def _send_with_retry(
-        self, entries: list[dict[str, Any]], key: str, result: CycleResult, *, final: bool
+        self, body: bytes, count: int, key: str, result: CycleResult, *, final: bool
     ) -> None:
         stop: Any = tenacity.stop_when_event_set(self._stop)
         if final:
@@ -507,7 +517,7 @@ class Shipper:
             reraise=True,
         )
         try:
-            retrying(self.client.send_entries, entries, idempotency_key=key)
+            retrying(self.client.send_entries_json, body, count=count, idempotency_key=key)
         except _Stopped:
             raise failures[-1] from None
 

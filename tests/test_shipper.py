@@ -601,3 +601,31 @@ def test_an_outage_past_the_cap_keeps_the_files_within_it(tmp_path: Path, spool_
     cap = 1 << 20
     run = run_outage(tmp_path, spool_path, cap)
     assert run.biggest <= cap, run.biggest
+
+
+def test_the_request_body_splices_entry_ids_into_the_stored_json(spool_path: str) -> None:
+    """The body built from the spool's JSON text is valid JSON with one entry_id per entry,
+    also for an empty object and text with trailing spaces, and its key is stable."""
+    import json
+
+    config = make_config("http://127.0.0.1:9", spool_path)
+    spool = Spool(spool_path)
+    spool.append_many([make_entry(1), make_entry(2)])
+    con = sqlite3.connect(spool_path)
+    con.execute("INSERT INTO entries(kind, created_at, entry) VALUES ('x', 'now', '{}')")
+    con.execute("INSERT INTO entries(kind, created_at, entry) VALUES ('x', 'now', '{\"a\": 1}  ')")
+    con.commit()
+    con.close()
+    shipper = Shipper(config, spool=spool, watch=False)
+    try:
+        rows = spool.read_batch(10)
+        body, key = shipper._body(rows)
+        again, key_again = shipper._body(spool.read_batch(10))
+        doc = json.loads(body)
+        assert [e["entry_id"] for e in doc["entries"]] == [f"{spool.spool_id}-{r.id}" for r in rows]
+        assert [e.get("event_id") for e in doc["entries"]] == [1, 2, None, None]
+        assert doc["entries"][3]["a"] == 1
+        assert (body, key) == (again, key_again)
+    finally:
+        shipper.close()
+        spool.close()
