@@ -149,6 +149,10 @@ class Config:
                 parts.append(f"{f.name}={value!r}")
         return f"Config({', '.join(parts)})"
 
+    def __hash__(self) -> int:
+        # The generated hash would include ``schemas``, which may be an unhashable dict.
+        return hash((self.endpoint, self.spool_file, self.app_name, self.environment))
+
     @property
     def spool_file(self) -> str:
         """The spool's absolute path as a string."""

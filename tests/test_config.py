@@ -184,3 +184,11 @@ def test_replace_validates_again() -> None:
 def test_sizes_accept_binary_units(raw: str, expected: int) -> None:
     """Sizes take plain bytes or K/M/G units (binary)."""
     assert parse_size(raw) == expected
+
+
+def test_configs_are_hashable_even_with_a_schema_mapping() -> None:
+    """A config holding a schemas dict can still key a dict or a cache; equal configs hash alike."""
+    a = Config(api_key="k", schemas={"order.placed": {"type": "object"}})
+    b = Config(api_key="k", schemas={"order.placed": {"type": "object"}})
+    assert a == b and hash(a) == hash(b)
+    assert {a: 1}[b] == 1
