@@ -28,7 +28,6 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 import tenacity
@@ -45,7 +44,7 @@ from spooler.errors import (
     TransientDeliveryError,
 )
 from spooler.serializer import build_heartbeat, load_schemas
-from spooler.spool import Spool, SpoolRow
+from spooler.spool import Spool, SpoolRow, iso_epoch, now_iso
 
 __all__ = ["BACKOFF_INITIAL", "BACKOFF_MAX", "CycleResult", "Shipper", "ShipperLock"]
 
@@ -549,7 +548,7 @@ class Shipper:
         if result is not None:
             result.error = message
         with contextlib.suppress(Exception):
-            self.spool.set_meta({"last_error": message, "last_error_at": _now_iso()}, timeout=1.0)
+            self.spool.set_meta({"last_error": message, "last_error_at": now_iso()}, timeout=1.0)
 
     def _send_heartbeat(self) -> bool:
         self._last_heartbeat = time.monotonic()
@@ -589,12 +588,5 @@ def _describe(exc: BaseException | None) -> str:
 
 
 def _parse_iso(value: str) -> float:
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except (ValueError, TypeError, AttributeError):
-        return 0.0  # unparseable: treat as old, so it is sent rather than held
-
-
-def _now_iso() -> str:
-    now = datetime.now(timezone.utc)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+    # Unparseable counts as old, so the row is sent rather than held.
+    return iso_epoch(value) or 0.0

@@ -42,6 +42,8 @@ __all__ = [
     "Spool",
     "SpoolRow",
     "SpoolStats",
+    "iso_epoch",
+    "now_iso",
     "read_stats",
     "spool_files",
 ]
@@ -129,13 +131,18 @@ def spool_files(path: str | os.PathLike[str]) -> list[str]:
     return [p, p + "-wal", p + "-shm"]
 
 
-def _now_iso() -> str:
+def now_iso() -> str:
+    """The current UTC time as the spool writes it: ``2026-01-15T10:30:00.123Z``."""
     now = datetime.now(timezone.utc)
     return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
 
 
-def _parse_iso(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+def iso_epoch(value: str) -> float | None:
+    """Seconds since the epoch for an ISO 8601 time (``Z`` accepted); None if unparseable."""
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except (ValueError, TypeError, AttributeError):
+        return None
 
 
 def _is_full(exc: sqlite3.Error) -> bool:
@@ -320,7 +327,7 @@ class Spool:
                     conn.execute(
                         "INSERT OR IGNORE INTO meta(key, value) VALUES ('spool_id', ?), "
                         "('created_at', ?), ('schema_version', ?)",
-                        (uuid.uuid4().hex, _now_iso(), str(SCHEMA_VERSION)),
+                        (uuid.uuid4().hex, now_iso(), str(SCHEMA_VERSION)),
                     )
                     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 conn.execute("COMMIT")
@@ -509,7 +516,7 @@ class Spool:
                 # An entry's creation time is its notification timestamp.
                 created = e.get("timestamp")
                 if not isinstance(created, str):
-                    created = now = now or _now_iso()
+                    created = now = now or now_iso()
                 rows.append((str(e.get("status") or "unknown"), created, _encode(e)))
         except Exception as exc:  # an entry that cannot be encoded
             self.count("dropped", len(entries))
@@ -712,7 +719,7 @@ class Spool:
                 self._bump(conn, "shipped", n)
             conn.execute(
                 "INSERT OR REPLACE INTO meta(key, value) VALUES ('last_delivery_at', ?)",
-                (_now_iso(),),
+                (now_iso(),),
             )
             return int(n)
 
@@ -736,7 +743,7 @@ class Spool:
                 "(id, kind, created_at, entry, rejected_at, status, reason) "
                 "SELECT id, kind, created_at, entry, ?, ?, ? FROM entries "
                 "WHERE id IN (SELECT value FROM json_each(?))",
-                (_now_iso(), status, reason[:500], id_list),
+                (now_iso(), status, reason[:500], id_list),
             )
             n = conn.execute(
                 "DELETE FROM entries WHERE id IN (SELECT value FROM json_each(?))", (id_list,)
@@ -849,8 +856,9 @@ def _collect_stats(conn: sqlite3.Connection, path: str, max_bytes: int) -> Spool
             files[os.path.basename(name)] = os.stat(name).st_size
     age = None
     if oldest:
-        with contextlib.suppress(ValueError, TypeError):
-            age = max(0.0, time.time() - _parse_iso(oldest[0]).timestamp())
+        epoch = iso_epoch(oldest[0])
+        if epoch is not None:
+            age = max(0.0, time.time() - epoch)
     return SpoolStats(
         path=path,
         spool_id=meta.get("spool_id"),
