@@ -162,13 +162,21 @@ def _cmd_status(args: argparse.Namespace) -> int:
         + ")",
         f"dead letters   {stats.dead_letters} kept for inspection",
         "counters       "
-        + ", ".join(f"{name} {c[name]}" for name in c if not name.startswith("_")),
+        + ", ".join(f"{name} {c[name]}" for name in _counter_order(c)),
         f"last delivery  {stats.last_delivery_at or 'never'}",
         f"last error     {stats.last_error or 'none'}"
         + (f" (at {stats.last_error_at})" if stats.last_error else ""),
     ]
     print("\n".join(lines))
     return EXIT_OK
+
+
+def _counter_order(counters: dict[str, int]) -> list[str]:
+    from spooler.spool import COUNTER_NAMES
+
+    return [n for n in COUNTER_NAMES if n in counters] + sorted(
+        n for n in counters if n not in COUNTER_NAMES
+    )
 
 
 def _shipper_pid(spool_path: str) -> int | None:
