@@ -450,6 +450,11 @@ class Spool:
         self._clear_pending()
         return result
 
+    def _transaction(self, work: Any, timeout: float | None) -> Any:
+        """``work(conn)`` in one write transaction on this process's connection."""
+        with self._locked(timeout) as conn:
+            return self._write(conn, work, timeout)
+
     def _flush_pending(self, conn: sqlite3.Connection) -> None:
         with self._pending_lock:
             pending = dict(self._pending)
@@ -675,8 +680,7 @@ class Spool:
             if not self._pending:
                 return True
         try:
-            with self._locked(timeout) as conn:
-                self._write(conn, lambda c: None, timeout)
+            self._transaction(lambda c: None, timeout)
             return True
         except Exception:
             return False
@@ -723,8 +727,7 @@ class Spool:
             )
             return int(n)
 
-        with self._locked(timeout) as conn:
-            return int(self._write(conn, work, timeout))
+        return int(self._transaction(work, timeout))
 
     def dead_letter(
         self,
@@ -757,8 +760,7 @@ class Spool:
             )
             return int(n)
 
-        with self._locked(timeout) as conn:
-            return int(self._write(conn, work, timeout))
+        return int(self._transaction(work, timeout))
 
     def set_meta(self, values: Mapping[str, str | None], *, timeout: float | None = 5.0) -> None:
         """Record shipper state (last delivery, last error) for ``status``."""
@@ -768,8 +770,7 @@ class Spool:
                 "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", list(values.items())
             )
 
-        with self._locked(timeout) as conn:
-            self._write(conn, work, timeout)
+        self._transaction(work, timeout)
 
     def maintain(self) -> dict[str, int]:
         """Checkpoint the WAL and give free pages back; the shipper's routine chore.
