@@ -87,6 +87,7 @@ class Reporter:
         self._send_error_message = config.send_error_message
         self._error_max = config.error_message_max_length
         self._immediate = config.spool_mode == "immediate"
+        self._buffer_size = config.buffer_size
         self._yield_at = max(GROUP_SIZE, config.buffer_size // 2)
 
     # -- lifecycle -------------------------------------------------------------
@@ -200,12 +201,8 @@ class Reporter:
 
     def track_publish_batch(self, count: object) -> bool:
         """Count one publisher batch of ``count`` events for the heartbeat."""
-        if not self.active:
-            return False
         try:
-            if self._pid != os.getpid():
-                self._start_here()
-            spool = self._spool
+            spool = self._spool_here()
             if spool is None:
                 return False
             n = count if isinstance(count, int) and not isinstance(count, bool) else 0
@@ -215,13 +212,17 @@ class Reporter:
         except Exception:
             return False
 
-    def _track(self, status: str, payload: Mapping[str, Any]) -> bool:
+    def _spool_here(self) -> Spool | None:
+        """This process's spool, starting the reporter here on its first event."""
         if not self.active:
-            return False
+            return None
+        if self._pid != os.getpid():
+            self._start_here()
+        return self._spool
+
+    def _track(self, status: str, payload: Mapping[str, Any]) -> bool:
         try:
-            if self._pid != os.getpid():
-                self._start_here()
-            spool = self._spool
+            spool = self._spool_here()
             if spool is None:
                 return False
             entry = build_entry(
@@ -243,13 +244,14 @@ class Reporter:
                 except SpoolBusyError:
                     pass  # fall back to the buffer rather than wait
             buffer = self._buffer
-            if len(buffer) >= self.config.buffer_size:
+            waiting = len(buffer)
+            if waiting >= self._buffer_size:
                 spool.count("dropped")
                 return False
             buffer.append(entry)
-            if len(buffer) >= GROUP_SIZE:
+            if waiting >= GROUP_SIZE:
                 self._wake.set()
-                if len(buffer) >= self._yield_at:
+                if waiting >= self._yield_at:
                     # A host computing flat out starves the writer of the GIL
                     # (it waits 5 ms per hand-off). Past half the buffer, hand the
                     # GIL over cooperatively; this waits for no lock and no I/O.
