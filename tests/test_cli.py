@@ -7,11 +7,10 @@ import os
 import random
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +22,9 @@ from spooler.config import ENV_VARS, Config
 from spooler.receiver import Faults, Receiver
 from spooler.shipper import Shipper, ShipperLock
 from spooler.spool import COUNTER_NAMES, Spool
-from tests.conftest import make_entry
+from tests.conftest import free_port, make_entry, wait_for
 
 KEY = "sk_test_CL1_zq8Xv3Wk7Pm2Lr9T"
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll ``check`` until it is true or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.01)
-    return check()
 
 
 def child_env(**values: str) -> dict[str, str]:
@@ -72,12 +61,6 @@ def lock_holder(spool_path: str) -> int | None:
             return int(f.read().strip() or 0) or None
     except (OSError, ValueError):
         return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

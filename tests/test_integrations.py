@@ -10,8 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,20 +30,11 @@ from spooler.integrations.fastapi import spooler_lifespan
 from spooler.integrations.flask import Spooler, options_from_config
 from spooler.integrations.flask import mount_payload_endpoint as mount_wsgi
 from spooler.receiver import Receiver
+from tests.conftest import wait_for
 
 KEY = "integration-key-5b1e"
 EMAIL, ADDRESS = CUSTOMERS[1]
 REPO = Path(__file__).resolve().parents[1]
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll ``check`` until it is true or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.02)
-    return check()
 
 
 @pytest.fixture(autouse=True)

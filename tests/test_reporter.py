@@ -12,7 +12,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +22,9 @@ import pytest
 import spooler
 from spooler import hooks, reporter
 from spooler.receiver import Faults, Receiver
+from tests.conftest import wait_for
 
 KEY = "test-key-7f3a9c"
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll ``check`` until it is true or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.02)
-    return check()
 
 
 def spooled(path: str) -> list[dict[str, Any]]:

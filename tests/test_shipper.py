@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +20,7 @@ from spooler.config import Config
 from spooler.receiver import Faults, Receiver
 from spooler.shipper import Shipper
 from spooler.spool import COUNTER_NAMES, Spool, SpoolStats
-from tests.conftest import files_size, make_entry
+from tests.conftest import files_size, free_port, make_entry, wait_for
 
 KEY = "sk_test_SH1PPER_b1ff4e07c2d9"
 
@@ -34,16 +33,6 @@ def now_iso() -> str:
 def fresh(i: int, *, name: str = "order.placed") -> dict[str, object]:
     """make_entry(i) stamped now: the shipper ages a row by its timestamp."""
     return dict(make_entry(i, name=name), timestamp=now_iso())
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll ``check`` until it is true or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.01)
-    return check()
 
 
 def event_requests(receiver: Receiver) -> list[dict[str, Any]]:
@@ -528,12 +517,6 @@ def test_only_one_shipper_ships_a_spool(receiver: Receiver, spool: Spool) -> Non
 
 
 # -- outage ---------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
