@@ -35,6 +35,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from spooler.errors import SpoolBusyError, SpoolError
+from spooler.serializer import to_iso
 
 __all__ = [
     "COUNTER_NAMES",
@@ -132,9 +133,8 @@ def spool_files(path: str | os.PathLike[str]) -> list[str]:
 
 
 def now_iso() -> str:
-    """The current UTC time as the spool writes it: ``2026-01-15T10:30:00.123Z``."""
-    now = datetime.now(timezone.utc)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+    """The current UTC time as entries carry it: ``2026-01-15T10:30:00.123Z``."""
+    return to_iso(datetime.now(timezone.utc)) or ""
 
 
 def iso_epoch(value: str) -> float | None:
