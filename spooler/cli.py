@@ -161,8 +161,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         + ", ".join(f"{k} {_size(v)}" for k, v in stats.file_bytes.items())
         + ")",
         f"dead letters   {stats.dead_letters} kept for inspection",
-        "counters       "
-        + ", ".join(f"{name} {c[name]}" for name in _counter_order(c)),
+        "counters       " + ", ".join(f"{name} {c[name]}" for name in _counter_order(c)),
         f"last delivery  {stats.last_delivery_at or 'never'}",
         f"last error     {stats.last_error or 'none'}"
         + (f" (at {stats.last_error_at})" if stats.last_error else ""),

@@ -6,13 +6,8 @@ Cloud took (rows are deleted), moves what it rejected to ``dead_letters`` and
 checkpoints the WAL. When the file would pass its cap the oldest rows are
 evicted, and every loss is counted in ``counters``.
 
-The schema is meant to be read with the plain ``sqlite3`` CLI::
-
-    entries(id, kind, created_at, entry)       -- waiting rows, entry is JSON text
-    dead_letters(id, kind, created_at, entry, rejected_at, status, reason)
-    counters(name, value)                      -- shipped, evicted, dropped, invalid, ...
-    meta(key, value)                           -- spool_id, last_delivery_at, last_error, ...
-    spool_counters                             -- view: every counter, appended and waiting included
+Opening the file and its schema live in :mod:`spooler.spoolfile`; reading a
+snapshot of it in :mod:`spooler.stats`.
 
 Size: ``max_page_count`` caps the main file, ``wal_autocheckpoint`` and
 ``journal_size_limit`` bound the WAL, and ``auto_vacuum=INCREMENTAL`` lets a
@@ -28,14 +23,21 @@ import os
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from typing import Any
 
 from spooler.errors import SpoolBusyError, SpoolError
-from spooler.serializer import to_iso
+from spooler.spoolfile import (
+    COUNTER_NAMES,
+    PAGE_SIZE,
+    SCHEMA_VERSION,
+    is_full,
+    now_iso,
+    open_db,
+    spool_files,
+)
+from spooler.stats import SpoolStats, collect_stats, iso_epoch, read_stats
 
 __all__ = [
     "COUNTER_NAMES",
@@ -51,118 +53,19 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-PAGE_SIZE = 4096
 _WAL_FRAME = PAGE_SIZE + 24
 _SHM_BYTES = 32 * 1024
 DEAD_LETTER_KEEP = 10_000
-# SQLite result codes (sqlite3 exposes them only from Python 3.11).
-_SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_NOTADB = 11, 13, 26
-_OPEN_TIMEOUT = 2.0
 _encode = json.JSONEncoder(separators=(",", ":")).encode
 _INSERT_ONE = "INSERT INTO entries(kind, created_at, entry) VALUES (?, ?, ?)"
+# Positional placeholders in order: numbered ones bound to a sequence are
+# deprecated from Python 3.12 and refused from 3.14.
 _INSERT_MANY = (
     "INSERT INTO entries(kind, created_at, entry) "
     "SELECT coalesce(json_extract(value, '$.status'), 'unknown'), "
-    "coalesce(json_extract(value, '$.timestamp'), ?1), value "
-    "FROM json_each(?2) ORDER BY key"
+    "coalesce(json_extract(value, '$.timestamp'), ?), value "
+    "FROM json_each(?) ORDER BY key"
 )
-
-#: Every counter a spool keeps, in the order ``status`` prints them.
-COUNTER_NAMES = (
-    "appended",
-    "shipped",
-    "evicted",
-    "invalid",
-    "dropped",
-    "dead_lettered",
-    "publish_batches",
-    "publish_batch_events",
-)
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS entries (
-    id         INTEGER PRIMARY KEY AUTOINCREMENT,  -- append order, never reused
-    kind       TEXT NOT NULL,                      -- emitted | published | dead_lettered
-    created_at TEXT NOT NULL,                      -- the entry's timestamp, ISO 8601 UTC
-    entry      TEXT NOT NULL                       -- the metadata entry as JSON
-);
-CREATE TABLE IF NOT EXISTS dead_letters (
-    id          INTEGER PRIMARY KEY,               -- the id it had in entries
-    kind        TEXT NOT NULL,
-    created_at  TEXT NOT NULL,
-    entry       TEXT NOT NULL,
-    rejected_at TEXT NOT NULL,
-    status      INTEGER,                           -- HTTP status of the rejection
-    reason      TEXT
-);
-CREATE TABLE IF NOT EXISTS counters (
-    name  TEXT PRIMARY KEY,
-    value INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS meta (
-    key   TEXT PRIMARY KEY,
-    value TEXT
-);
-CREATE VIEW IF NOT EXISTS spool_counters AS
-    SELECT 'appended' AS name,
-           COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'entries'), 0) AS value
-    UNION ALL SELECT 'waiting', (SELECT count(*) FROM entries)
-    UNION ALL SELECT 'dead_letters_kept', (SELECT count(*) FROM dead_letters)
-    UNION ALL SELECT name, value FROM counters;
-"""
-
-_NETWORK_FS = {
-    "nfs",
-    "nfs4",
-    "cifs",
-    "smb3",
-    "smbfs",
-    "9p",
-    "fuse.sshfs",
-    "afs",
-    "ceph",
-    "glusterfs",
-}
-
-
-def spool_files(path: str | os.PathLike[str]) -> list[str]:
-    """The database file and its ``-wal`` and ``-shm`` companions."""
-    p = os.fspath(path)
-    return [p, p + "-wal", p + "-shm"]
-
-
-def now_iso() -> str:
-    """The current UTC time as entries carry it: ``2026-01-15T10:30:00.123Z``."""
-    return to_iso(datetime.now(timezone.utc)) or ""
-
-
-def iso_epoch(value: str) -> float | None:
-    """Seconds since the epoch for an ISO 8601 time (``Z`` accepted); None if unparseable."""
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except (ValueError, TypeError, AttributeError):
-        return None
-
-
-def _is_full(exc: sqlite3.Error) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None:
-        return bool(code == _SQLITE_FULL)
-    return "full" in str(exc)
-
-
-class _CorruptError(sqlite3.DatabaseError):
-    """PRAGMA quick_check found damage."""
-
-
-def _is_corrupt(exc: sqlite3.DatabaseError) -> bool:
-    if isinstance(exc, _CorruptError):
-        return True
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None:
-        return code in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
-    return "not a database" in str(exc) or "malformed" in str(exc)
 
 
 @dataclass(frozen=True)
@@ -181,40 +84,6 @@ class SpoolRow:
         if not isinstance(value, dict):
             raise ValueError("entry is not a JSON object")
         return value
-
-
-@dataclass(frozen=True)
-class SpoolStats:
-    """A snapshot of a spool: depth, size on disk, counters and last outcomes."""
-
-    path: str
-    spool_id: str | None
-    depth: int
-    bytes_on_disk: int
-    file_bytes: dict[str, int]
-    max_bytes: int
-    oldest_created_at: str | None
-    oldest_age_seconds: float | None
-    dead_letters: int
-    counters: dict[str, int] = field(default_factory=dict)
-    last_delivery_at: str | None = None
-    last_error: str | None = None
-    last_error_at: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return asdict(self)
-
-    def heartbeat_counters(self) -> dict[str, Any]:
-        """The counters the heartbeat's ``spool`` object carries."""
-        c = self.counters
-        return {
-            "depth": self.depth,
-            "bytes": self.bytes_on_disk,
-            "max_bytes": self.max_bytes,
-            "oldest_entry_age_seconds": self.oldest_age_seconds,
-            **{name: c.get(name, 0) for name in COUNTER_NAMES},
-        }
 
 
 class Spool:
@@ -263,83 +132,16 @@ class Spool:
         return cls(config.spool_path, max_bytes=config.spool_max_bytes, **kwargs)
 
     def _open(self, *, check: bool) -> sqlite3.Connection:
-        folder = os.path.dirname(self.path)
-        os.makedirs(folder, mode=0o700, exist_ok=True)
-        self._warn_network_fs(folder)
-        try:
-            return self._connect(check=check)
-        except sqlite3.DatabaseError as exc:
-            if not _is_corrupt(exc):
-                raise
-            self._quarantine(str(exc))
-            return self._connect(check=False)
-
-    def _connect(self, *, check: bool) -> sqlite3.Connection:
-        fresh = self._create_file()
-        # Opening may wait for another process creating the schema; the short
-        # hot-path timeout applies from then on.
-        conn = sqlite3.connect(
-            self.path,
-            timeout=max(self.busy_timeout, _OPEN_TIMEOUT),
-            isolation_level=None,
-            check_same_thread=False,
+        conn, self.spool_id = open_db(
+            self.path, wal_pages=self._wal_pages, busy_timeout=self.busy_timeout, check=check
         )
         try:
-            if fresh or conn.execute("PRAGMA page_count").fetchone()[0] == 0:
-                # Must precede the first table; a no-op once tables exist.
-                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise SpoolError(f"could not put {self.path} in WAL mode (got {mode!r})")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute(f"PRAGMA wal_autocheckpoint = {self._wal_pages}")
-            conn.execute(f"PRAGMA journal_size_limit = {self._wal_pages * PAGE_SIZE}")
-            if check and not fresh:
-                result = conn.execute("PRAGMA quick_check").fetchone()[0]
-                if result != "ok":
-                    raise _CorruptError(f"quick_check: {str(result)[:200]}")
-            self._init_schema(conn)
             self._apply_cap(conn)
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         except BaseException:
             conn.close()
             raise
         return conn
-
-    def _create_file(self) -> bool:
-        """Create the database file 0600 so its -wal and -shm inherit the mode."""
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-        except FileExistsError:
-            return False
-        os.close(fd)
-        return True
-
-    def _init_schema(self, conn: sqlite3.Connection) -> None:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version == 0:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                if conn.execute("PRAGMA user_version").fetchone()[0] == 0:
-                    for statement in _SCHEMA.split(";\n"):
-                        if statement.strip():
-                            conn.execute(statement)
-                    conn.execute(
-                        "INSERT OR IGNORE INTO meta(key, value) VALUES ('spool_id', ?), "
-                        "('created_at', ?), ('schema_version', ?)",
-                        (uuid.uuid4().hex, now_iso(), str(SCHEMA_VERSION)),
-                    )
-                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        elif version > SCHEMA_VERSION:
-            raise SpoolError(
-                f"{self.path} has schema version {version}; this spooler reads {SCHEMA_VERSION}"
-            )
-        row = conn.execute("SELECT value FROM meta WHERE key = 'spool_id'").fetchone()
-        self.spool_id = row[0] if row else None
 
     def _apply_cap(self, conn: sqlite3.Connection) -> None:
         got = conn.execute(f"PRAGMA max_page_count = {self._max_pages}").fetchone()[0]
@@ -362,38 +164,6 @@ class Spool:
                 break
         conn.executescript("PRAGMA incremental_vacuum;")
         conn.execute(f"PRAGMA max_page_count = {self._max_pages}")
-
-    def _quarantine(self, reason: str) -> None:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        for name in spool_files(self.path):
-            # Move the database *with* its -wal and -shm, never one alone.
-            with contextlib.suppress(FileNotFoundError):
-                os.replace(name, f"{name}.corrupt-{stamp}")
-        logger.error(
-            "spool %s was unreadable (%s); moved it aside as *.corrupt-%s and started a fresh one",
-            self.path,
-            reason,
-            stamp,
-        )
-
-    def _warn_network_fs(self, folder: str) -> None:
-        try:
-            with open("/proc/mounts", encoding="utf-8") as mounts:
-                rows = [line.split()[1:3] for line in mounts if line.strip()]
-        except OSError:
-            return
-        real = os.path.realpath(folder)
-        best = max(
-            (r for r in rows if real == r[0] or real.startswith(r[0].rstrip("/") + "/")),
-            key=lambda r: len(r[0]),
-            default=None,
-        )
-        if best and best[1] in _NETWORK_FS:
-            logger.warning(
-                "spool folder %s is on a %s network filesystem; SQLite WAL needs a local disk",
-                folder,
-                best[1],
-            )
 
     # -- connection handling ---------------------------------------------------
 
@@ -559,7 +329,7 @@ class Spool:
                 conn.execute(_INSERT_ONE, rows[0])
                 stored = 1
             except sqlite3.OperationalError as exc:
-                if not _is_full(exc):
+                if not is_full(exc):
                     raise  # at the cap: evict in a transaction below
         if not stored:
             stored = int(self._write(conn, lambda c: self._insert(c, rows), timeout))
@@ -624,7 +394,7 @@ class Spool:
                 conn.execute(sql, params)
                 return len(rows)
             except sqlite3.OperationalError as exc:
-                if not _is_full(exc):
+                if not is_full(exc):
                     raise
                 # SQLITE_FULL may roll back the statement or the whole
                 # transaction (evictions too); carry on in a transaction either way.
@@ -814,7 +584,7 @@ class Spool:
     def stats(self) -> SpoolStats:
         """Depth, bytes on disk, oldest entry age, every counter, last outcomes."""
         with self._locked(5.0) as conn:
-            stats = _collect_stats(conn, self.path, self.max_bytes)
+            stats = collect_stats(conn, self.path, self.max_bytes)
         with self._pending_lock:
             for name, n in self._pending.items():
                 stats.counters[name] = stats.counters.get(name, 0) + n
@@ -839,54 +609,3 @@ class Spool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _collect_stats(conn: sqlite3.Connection, path: str, max_bytes: int) -> SpoolStats:
-    depth = conn.execute("SELECT count(*) FROM entries").fetchone()[0]
-    oldest = conn.execute("SELECT created_at FROM entries ORDER BY id LIMIT 1").fetchone()
-    dead = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
-    counters = dict(conn.execute("SELECT name, value FROM counters").fetchall())
-    seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'entries'").fetchone()
-    meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-    counters["appended"] = seq[0] if seq else 0
-    for name in COUNTER_NAMES:
-        counters.setdefault(name, 0)
-    files = {}
-    for name in spool_files(path):
-        with contextlib.suppress(FileNotFoundError):
-            files[os.path.basename(name)] = os.stat(name).st_size
-    age = None
-    if oldest:
-        epoch = iso_epoch(oldest[0])
-        if epoch is not None:
-            age = max(0.0, time.time() - epoch)
-    return SpoolStats(
-        path=path,
-        spool_id=meta.get("spool_id"),
-        depth=depth,
-        bytes_on_disk=sum(files.values()),
-        file_bytes=files,
-        max_bytes=max_bytes,
-        oldest_created_at=oldest[0] if oldest else None,
-        oldest_age_seconds=age,
-        dead_letters=dead,
-        counters=counters,
-        last_delivery_at=meta.get("last_delivery_at"),
-        last_error=meta.get("last_error"),
-        last_error_at=meta.get("last_error_at"),
-    )
-
-
-def read_stats(path: str | os.PathLike[str], *, max_bytes: int = 0) -> SpoolStats:
-    """Stats of a spool file without changing it (read-only; for ``spooler status``).
-
-    Raises :class:`FileNotFoundError` when there is no spool at ``path``.
-    """
-    p = os.path.abspath(os.fspath(path))
-    if not os.path.exists(p):
-        raise FileNotFoundError(p)
-    conn = sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=5.0)
-    try:
-        return _collect_stats(conn, p, max_bytes)
-    finally:
-        conn.close()
