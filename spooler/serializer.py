@@ -7,7 +7,8 @@ is copied, so ``payload``, ``metadata`` and request or user context cannot leak 
 the host shapes its notification.
 
 ``build_entry`` runs on the host's hot path: it never raises, returns ``None`` for an
-entry it cannot build, and sticks to cheap type checks (no regex) for the common types.
+entry it cannot build, and sticks to cheap type checks (no regex) for the common types
+(ISO 8601 strings are the exception: a precompiled regex).
 Every value it returns survives ``json.dumps(entry, allow_nan=False)`` and UTF-8 encoding.
 """
 
@@ -19,10 +20,11 @@ import logging
 import math
 import os
 import platform
+import re
 import sys
 from collections.abc import Mapping
 from datetime import date, datetime, timedelta, timezone
-from functools import cache
+from functools import cache, lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -74,6 +76,26 @@ _MAX_ISO_LENGTH = 64
 # Above this a number is epoch milliseconds: 1e11 seconds is the year 5138, while
 # 1e11 milliseconds is March 1973.
 _EPOCH_MS_THRESHOLD = 1e11
+# The ISO 8601 strings to_iso reads: a date, then optionally "T" (or "t" or a space), a time and
+# "Z" or an offset; the date and the time each in extended (2026-01-15, 10:30:00) or basic
+# (20260115, 103000) format. Written out rather than left to datetime.fromisoformat(), whose
+# grammar changed in 3.11: 3.10 knows no "Z", no basic format and only 3 or 6 fraction digits.
+# [0-9], because \d and int() also take non-ASCII digits.
+_ISO_8601 = re.compile(
+    r"""
+    ([0-9]{4}) (-?) ([0-9]{2}) \2 ([0-9]{2})            # year, month, day: both dashes or neither
+    (?:
+        [Tt\x20] ([0-9]{2})                            # hour
+        (?: (:?) ([0-9]{2})                             # minute: both colons or neither
+            (?: \6 ([0-9]{2}) (?: [.,] ([0-9]+) )? )?   # second, fraction of any length
+        )?
+        ( [Zz] | [+-] [0-9:.,]+ )?                     # Z, or an offset checked by _OFFSET
+    )?
+    """,
+    re.VERBOSE,
+)
+# An offset has the shape of a time: +05, +05:30, +0530, +05:30:15, +05:30:15.5.
+_OFFSET = re.compile(r"([+-])([0-9]{2})(?:(:?)([0-9]{2})(?:\3([0-9]{2})(?:[.,]([0-9]+))?)?)?")
 _UTC = timezone.utc
 _EPOCH = datetime(1970, 1, 1, tzinfo=_UTC)
 _MS = timedelta(milliseconds=1)
@@ -186,10 +208,18 @@ def to_iso(value: object) -> str | None:
     """``value`` as ISO 8601 UTC with milliseconds and a ``Z``, or None. Never raises.
 
     Accepts aware datetimes, naive datetimes (taken as UTC), dates (midnight UTC), ISO
-    8601 strings (``Z``, an offset, or naive), and epoch seconds as int or float
-    (epoch milliseconds when the magnitude exceeds 1e11). Bools, NaN, infinities,
-    unparseable strings and times outside years 1-9999 give None. Sub-millisecond
-    digits are truncated, e.g. ``"2026-01-15T10:30:00.000Z"``.
+    8601 strings, and epoch seconds as int or float (epoch milliseconds when the
+    magnitude exceeds 1e11). Bools, NaN, infinities, unparseable strings and times
+    outside years 1-9999 give None. Sub-millisecond digits are truncated, e.g.
+    ``"2026-01-15T10:30:00.000Z"``.
+
+    An ISO 8601 string is a date (``2026-01-15`` or ``20260115``), optionally followed by
+    ``T``, ``t`` or a space and a time (``10``, ``10:30``, ``10:30:00``, ``10:30:00.5``
+    with any number of fraction digits after ``.`` or ``,``, or the same without colons),
+    then optionally ``Z``, ``z`` or an offset written like a time (``+05:30``, ``+0530``,
+    ``-05``); without either it is taken as UTC. Surrounding whitespace is ignored. Every
+    Python version reads these alike, and as Python 3.11+'s ``datetime.fromisoformat``
+    does (which also takes week dates and any separator character, but no ``z``).
     """
     moment = _to_utc(value)
     return None if moment is None else _format(moment)
@@ -331,15 +361,50 @@ def _to_utc(value: object) -> datetime | None:
 
 def _parse_iso(text: str) -> datetime | None:
     text = str.strip(text)
-    if not text or len(text) > _MAX_ISO_LENGTH:
+    if len(text) > _MAX_ISO_LENGTH:
         return None
-    if text[-1] in "Zz":
-        # Python 3.10's fromisoformat() does not know "Z".
-        text = text[:-1] + "+00:00"
+    match = _ISO_8601.fullmatch(text)
+    if match is None:
+        return None
+    year, _, month, day, hour, _, minute, second, fraction, offset = match.groups()
     try:
-        return datetime.fromisoformat(text)
-    except ValueError:
+        if hour is None:
+            return datetime(int(year), int(month), int(day))
+        return datetime(
+            int(year),
+            int(month),
+            int(day),
+            int(hour),
+            0 if minute is None else int(minute),
+            0 if second is None else int(second),
+            _microseconds(fraction),
+            None if offset is None else _zone(offset),
+        )
+    except ValueError:  # 2026-02-30, hour 24, an offset of a day or more, a malformed offset
         return None
+
+
+def _microseconds(fraction: str | None) -> int:
+    # Digits past microseconds are cut, as Python 3.11+'s fromisoformat() does.
+    return 0 if fraction is None else int(fraction[:6].ljust(6, "0"))
+
+
+@lru_cache(maxsize=64)
+def _zone(offset: str) -> timezone:
+    """The timezone of a ``Z`` or an offset such as ``+05:30``; few distinct ones occur."""
+    if offset in ("Z", "z"):
+        return _UTC
+    match = _OFFSET.fullmatch(offset)
+    if match is None:
+        raise ValueError("malformed offset")
+    sign, hours, _, minutes, seconds, fraction = match.groups()
+    delta = timedelta(
+        hours=int(hours),
+        minutes=0 if minutes is None else int(minutes),
+        seconds=0 if seconds is None else int(seconds),
+        microseconds=_microseconds(fraction),
+    )
+    return timezone(-delta if sign == "-" else delta)
 
 
 def _from_epoch(value: float) -> datetime | None:

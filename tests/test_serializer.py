@@ -26,6 +26,7 @@ from spooler.serializer import (
     DEAD_LETTER_FIELDS,
     ENTRY_FIELDS,
     STATUSES,
+    _parse_iso,
     build_entry,
     build_heartbeat,
     detect_framework,
@@ -343,6 +344,112 @@ def test_to_iso_agrees_with_the_aware_datetime_it_parses() -> None:
     out = to_iso(local)
     assert out is not None
     assert datetime.fromisoformat(out.replace("Z", "+00:00")) == local
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("20260115T103000Z", "2026-01-15T10:30:00.000Z"),
+        ("20260115", "2026-01-15T00:00:00.000Z"),
+        ("2026-01-15t10:30:00z", "2026-01-15T10:30:00.000Z"),
+        ("2026-01-15T10:30:00.1Z", "2026-01-15T10:30:00.100Z"),
+        ("2026-01-15T10:30:00.12Z", "2026-01-15T10:30:00.120Z"),
+        ("2026-01-15T10:30:00.1234Z", "2026-01-15T10:30:00.123Z"),
+        ("2026-01-15T10:30:00.1239999999Z", "2026-01-15T10:30:00.123Z"),
+        ("2026-01-15T10:30:00,25Z", "2026-01-15T10:30:00.250Z"),
+        ("2026-01-15T16:00:00+05:30", "2026-01-15T10:30:00.000Z"),
+        ("2026-01-15T16:00:00+0530", "2026-01-15T10:30:00.000Z"),
+        ("2026-01-15T15:30:00+05", "2026-01-15T10:30:00.000Z"),
+        ("2026-01-15T16:00:15+05:30:15", "2026-01-15T10:30:00.000Z"),
+        ("2026-01-15T00:30:00-10:00", "2026-01-15T10:30:00.000Z"),
+        ("2026-01-15T10:30:00.5-00:00", "2026-01-15T10:30:00.500Z"),
+        ("2026-01-15T1030", "2026-01-15T10:30:00.000Z"),
+        ("2026-01-15T10:30", "2026-01-15T10:30:00.000Z"),
+        ("2026-01-15T10", "2026-01-15T10:00:00.000Z"),
+        ("20260115 103000.5", "2026-01-15T10:30:00.500Z"),
+    ],
+)
+def test_to_iso_reads_every_documented_iso_8601_form_on_every_python(
+    value: str, expected: str
+) -> None:
+    """Basic and extended formats, z, any offset shape, any fraction length, on every Python."""
+    assert to_iso(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2026-01-15T24:00:00",
+        "2026-02-30",
+        "2026-01-15T10:30:60",
+        "2026-01-15T10:30:00+24:00",
+        "2026-01-15Z",
+        "2026-01-15+05:00",
+        "2026-0115",
+        "2026-01-15T10:3000",
+        "2026-01-15T10:30:00.",
+        "2026-01-15T10.5",
+        "2026-01-15T10:30:00+05:30Z",
+        "2026-01-15T10:30:00 +05:30",
+        "2026-01-15x10:30:00",
+        "2026-W03-4",
+        "\uff12\uff10\uff12\uff16-01-15",
+        "2026-01-15T1\u0660:30:00",
+    ],
+)
+def test_to_iso_rejects_iso_look_alikes(value: str) -> None:
+    """Impossible times, dangling offsets, mixed separators and non-ASCII digits give None."""
+    assert to_iso(value) is None
+
+
+def two_digits(high: int) -> st.SearchStrategy[str]:
+    """Zero-padded numbers from 00 to ``high``, past the valid range to reach the errors."""
+    return st.integers(min_value=0, max_value=high).map("{:02d}".format)
+
+
+@st.composite
+def clock_texts(draw: st.DrawFn, max_hour: int) -> str:
+    """HH[:MM[:SS[.f...]]] or the same without colons (or, to be refused, with one colon)."""
+    text = draw(two_digits(max_hour))
+    parts = 1
+    for high in (60, 61):
+        if not draw(st.booleans()):
+            break
+        text += draw(st.sampled_from([":", ""])) + draw(two_digits(high))
+        parts += 1
+    if parts == 3 and draw(st.booleans()):
+        text += draw(st.sampled_from(".,")) + draw(st.text("0123456789", min_size=1, max_size=9))
+    return text
+
+
+@st.composite
+def iso_texts(draw: st.DrawFn) -> str:
+    """Strings in the forms to_iso documents, with out-of-range fields now and then."""
+    dashes = st.sampled_from(["-", "-", ""])
+    year = draw(st.integers(min_value=0, max_value=9999))
+    text = f"{year:04d}{draw(dashes)}{draw(two_digits(13))}{draw(dashes)}{draw(two_digits(32))}"
+    if draw(st.booleans()):
+        text += draw(st.sampled_from(["T", "t", " "])) + draw(clock_texts(max_hour=24))
+        zone = draw(st.sampled_from(["", "Z", "z", "+", "-"]))
+        text += zone + (draw(clock_texts(max_hour=25)) if zone in ("+", "-") else "")
+    return text
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="fromisoformat() reads ISO 8601 from 3.11")
+@settings(database=None, deadline=None, max_examples=1000)
+@given(iso_texts())
+def test_iso_strings_parse_exactly_as_fromisoformat_does_on_311_and_later(text: str) -> None:
+    """spooler reads a documented ISO 8601 string as Python 3.11+ does, to the microsecond."""
+    try:
+        # fromisoformat() only knows an upper-case Z.
+        reference: datetime | None = datetime.fromisoformat(text.replace("z", "Z"))
+    except ValueError:
+        reference = None
+    parsed = _parse_iso(text)
+    assert parsed == reference
+    if parsed is not None and reference is not None:
+        assert parsed.utcoffset() == reference.utcoffset()
+        assert to_iso(text) == to_iso(reference)
 
 
 @freeze_time("2026-01-15 10:30:01.5")
