@@ -15,15 +15,18 @@ Modes:
   bounded in-memory buffer; the writer thread commits it in groups (at least
   every ~100 ms, or as soon as 500 entries wait). A full buffer drops and counts.
   A hard exit (``os._exit``, SIGKILL) loses at most the last ~100 ms.
-* ``immediate``: the hook commits in the caller's thread (durable on return);
-  if another writer holds the lock it falls back to the buffer instead of
-  waiting.
+* ``immediate``: the hook commits in the caller's thread; True means
+  committed. Another writer holding the lock is waited for in short steps, up
+  to ``IMMEDIATE_TIMEOUT``; past it the entry is dropped, counted, and False
+  returned. The host's connection never checkpoints and never runs
+  ``quick_check``: the writer thread does both.
 """
 
 from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -36,7 +39,7 @@ from spooler import hooks
 from spooler.config import Config
 from spooler.errors import SpoolBusyError
 from spooler.serializer import build_entry, load_schemas, schema_fingerprint
-from spooler.spool import Spool
+from spooler.spool import Spool, encode_row
 
 if TYPE_CHECKING:
     from spooler.shipper import Shipper
@@ -61,7 +64,8 @@ GROUP_WAIT = 0.1  # most seconds an entry waits in the buffer
 # A writer behind a busy host takes larger groups: each commit costs a few GIL
 # hand-offs (up to 5 ms each while the host thread computes), whatever its size.
 MAX_GROUP = 5000
-HOT_BUSY_TIMEOUT = 0.002  # immediate mode: how long the host may wait for the lock
+IMMEDIATE_TIMEOUT = 0.5  # immediate mode: the longest the host waits for another writer
+MAX_BATCH_COUNT = 10**9  # a publish_batch count above this is not a batch size: invalid
 WRITER_BUSY_TIMEOUT = 1.0  # how long the writer thread may wait for it
 TAKEOVER_INTERVAL = 5.0  # how often a non-shipping process tries to take shipping over
 
@@ -77,7 +81,9 @@ class Reporter:
         self._buffer: collections.deque[dict[str, Any]] = collections.deque()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._spool: Spool | None = None
+        self._spool: Spool | None = None  # the writer thread's connection
+        self._host_spool: Spool | None = None  # immediate mode: the host threads' connection
+        self._started_at = time.monotonic()
         self._writer: threading.Thread | None = None
         self._shipper: Shipper | None = None
         self._closed = False
@@ -120,12 +126,21 @@ class Reporter:
             if self._pid != -1:
                 self._reset_after_fork()
             self._pid = pid
-            # Opened on first use (by the writer thread in background mode),
-            # so the host's thread never pays for quick_check or schema setup.
-            # The connection's own timeout is the one used most: the host's in
-            # immediate mode, the writer's in background mode.
-            busy = HOT_BUSY_TIMEOUT if self._immediate else WRITER_BUSY_TIMEOUT
-            self._spool = Spool.from_config(self.config, busy_timeout=busy, lazy=True)
+            self._started_at = time.monotonic()
+            # Opened on first use by the writer thread, which runs quick_check
+            # and the checkpoints, so the host's thread never pays for either.
+            self._spool = Spool.from_config(
+                self.config, busy_timeout=WRITER_BUSY_TIMEOUT, lazy=True
+            )
+            if self._immediate:
+                self._host_spool = Spool.from_config(
+                    self.config,
+                    busy_timeout=0.0,
+                    lazy=True,
+                    check=False,
+                    checkpoints=False,
+                    on_wal_full=self._wake.set,
+                )
             self._stop.clear()
             self._writer = threading.Thread(
                 target=self._write_loop, name="spooler.writer", daemon=True
@@ -139,9 +154,10 @@ class Reporter:
         self._stop = threading.Event()
         self._writer = None
         self._shipper = None  # its thread did not survive the fork
-        if self._spool is not None:
-            self._spool.close()  # in the child this only forgets the parent's connection
-        self._spool = None
+        for spool in (self._spool, self._host_spool):
+            if spool is not None:
+                spool.close()  # in the child this only parks the parent's connection
+        self._spool = self._host_spool = None
 
     def _try_ship(self) -> None:
         if not self.config.ship_in_process or self._closed:
@@ -151,7 +167,7 @@ class Reporter:
             if self._shipper is None:
                 from spooler.shipper import Shipper
 
-                self._shipper = Shipper(self.config)
+                self._shipper = Shipper(self.config, started_at=self._started_at)
             if not self._shipper.running:
                 self._shipper.start()
         except Exception:
@@ -161,7 +177,7 @@ class Reporter:
         """Flush the buffer into the spool, give the shipper ``timeout`` s, stop.
 
         Never hangs: the whole call is bounded by about ``timeout`` + 2 s.
-        Returns True when nothing was left waiting in the spool.
+        Returns True when nothing was left waiting in the spool (whoever ships it).
         """
         timeout = self.config.shutdown_timeout if timeout is None else timeout
         if self._closed:
@@ -178,12 +194,16 @@ class Reporter:
         if writer is not None and writer is not threading.current_thread():
             writer.join(1.0)
         self._flush_buffer(timeout=WRITER_BUSY_TIMEOUT)
-        left = True
+        empty = True
         if self._shipper is not None:
-            left = self._shipper.stop(flush_timeout=timeout, join_timeout=0.5)
+            empty = self._shipper.stop(flush_timeout=timeout, join_timeout=0.5)
+        if self._host_spool is not None:
+            self._host_spool.close()
         if self._spool is not None:
+            with contextlib.suppress(Exception):
+                empty = empty and self._spool.peek(1)[0] == 0
             self._spool.close()
-        return left
+        return empty
 
     # -- the hot path ------------------------------------------------------------
 
@@ -200,14 +220,20 @@ class Reporter:
         return self._track("dead_lettered", payload)
 
     def track_publish_batch(self, count: object) -> bool:
-        """Count one publisher batch of ``count`` events for the heartbeat."""
+        """Count one publisher batch of ``count`` events for the heartbeat.
+
+        ``count`` must be an int from 0 to ``MAX_BATCH_COUNT``; anything else (a
+        nanosecond timestamp, 10**30, a string) is counted as invalid.
+        """
         try:
             spool = self._spool_here()
             if spool is None:
                 return False
-            n = count if isinstance(count, int) and not isinstance(count, bool) else 0
+            if type(count) is not int or not 0 <= count <= MAX_BATCH_COUNT:
+                spool.count("invalid")
+                return False
             spool.count("publish_batches", 1)
-            spool.count("publish_batch_events", max(0, n))
+            spool.count("publish_batch_events", count)
             return True
         except Exception:
             return False
@@ -234,15 +260,15 @@ class Reporter:
             if entry is None:
                 spool.count("invalid")
                 return False
-            if self._immediate:
-                try:
-                    if spool.append_many((entry,), timeout=HOT_BUSY_TIMEOUT, raise_on_busy=True):
-                        if self._shipper is not None:
-                            self._shipper.notify()
-                        return True
-                    return False  # counted as dropped by the spool
-                except SpoolBusyError:
-                    pass  # fall back to the buffer rather than wait
+            host = self._host_spool
+            if host is not None:
+                deadline = time.monotonic() + IMMEDIATE_TIMEOUT
+                if host.append_now(encode_row(entry), deadline=deadline):
+                    shipper = self._shipper
+                    if shipper is not None:
+                        shipper.notify()
+                    return True
+                return False  # counted as dropped by the spool
             buffer = self._buffer
             waiting = len(buffer)
             if waiting >= self._buffer_size:
@@ -268,6 +294,11 @@ class Reporter:
     # -- the writer thread ---------------------------------------------------------
 
     def _write_loop(self) -> None:
+        try:
+            if self._spool is not None:
+                self._spool.ensure_open()  # quick_check here, never on the host's thread
+        except Exception:
+            logger.exception("spooler could not open its spool; will try again")
         self._try_ship()
         while not self._stop.is_set():
             try:
@@ -277,6 +308,9 @@ class Reporter:
                 spool = self._spool
                 if spool is not None:
                     spool.flush_counters(timeout=0.5)
+                    if self._host_spool is not None:
+                        self._host_spool.flush_counters(timeout=0.5)
+                    spool.checkpoint()
                     if self._schemas_dirty:
                         self._schemas_dirty = False
                         spool.set_meta({"schema_fingerprints": json.dumps(self._schemas)})

@@ -52,7 +52,6 @@ logger = logging.getLogger(__name__)
 
 BACKOFF_INITIAL = 0.5  # seconds; the first wait is uniform in [0, 2 * BACKOFF_INITIAL]
 BACKOFF_MAX = 60.0  # seconds; also the interval between probes while the key is refused
-_STARTED = time.monotonic()
 _WATCH_TIMEOUT_MS = 1000  # the watcher reports it is in place within this long
 
 
@@ -148,6 +147,10 @@ class _Stopped(Exception):
     """The shipper was stopped while sleeping out a backoff."""
 
 
+class _Gone(Exception):
+    """Every row of a batch left the spool (evicted at the cap) before it could be resent."""
+
+
 class _Wait(tenacity.wait.wait_base):
     """Full-jitter exponential backoff that never waits less than Retry-After asks."""
 
@@ -179,6 +182,9 @@ class Shipper:
         backoff_initial: float = BACKOFF_INITIAL,
         backoff_max: float = BACKOFF_MAX,
         max_attempts: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        started_at: float | None = None,
     ) -> None:
         if not config.api_key:
             raise ValueError("a Shipper needs config.api_key")
@@ -196,9 +202,16 @@ class Shipper:
         self.lock = ShipperLock(self.spool.path)
         self._thread: threading.Thread | None = None
         self._watcher: threading.Thread | None = None
+        self._clock = clock
+        self._wall_clock = wall_clock
+        # Uptime counts from when spooler started in this process (the reporter's
+        # start, or the ``ship`` command's), not from an import.
+        self.started_at = clock() if started_at is None else started_at
         self._last_heartbeat = -1e18
-        self._auth_logged = False
-        self._auth_paused_until = 0.0
+        self._paused_until = 0.0
+        self._pause_logged: str | None = None
+        self._notified = False
+        self._seen_changes: tuple[int, int] | None = None
         self._final_deadline: float | None = None
         self._schemas = load_schemas(config.schemas)
         self.last_cycle: CycleResult | None = None
@@ -221,7 +234,7 @@ class Shipper:
         try:
             self.lock.acquire()
         except ShipperLockedError as exc:
-            logger.info("not shipping in this process: %s", exc)
+            logger.debug("not shipping in this process: %s", exc)
             return False
         self._stop.clear()
         self._start_watcher()
@@ -240,28 +253,45 @@ class Shipper:
         """Whether the shipping thread is alive."""
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def stopping(self) -> bool:
+        """Whether a stop was requested."""
+        return self._stop.is_set()
+
     def request_stop(self) -> None:
-        """Ask the loop to end soon (safe from a signal handler); rows in flight stay."""
+        """Ask the loop to end now (safe from a signal handler); rows in flight stay.
+
+        A request in flight is interrupted, not waited for.
+        """
         self._stop.set()
         self._wake.set()
+        client = self._client
+        if client is not None:
+            client.abort()
 
     def notify(self) -> None:
         """Wake the loop now (called after an in-process commit)."""
+        self._notified = True
         self._wake.set()
 
     def stop(self, flush_timeout: float = 0.0, join_timeout: float | None = None) -> bool:
         """Stop, first spending up to ``flush_timeout`` s delivering what waits.
 
-        Returns True when nothing was left waiting. Never waits longer than
-        ``flush_timeout`` plus ``join_timeout`` (default 1 s).
+        Only the holder of the ship lock ever sends: a shipper that never got the
+        lock stops without a word to the Cloud. Returns True when nothing was left
+        waiting in the spool. Never waits longer than ``flush_timeout`` plus
+        ``join_timeout`` (default 1 s).
         """
-        self._final_deadline = time.monotonic() + flush_timeout if flush_timeout > 0 else None
+        self._final_deadline = self._clock() + flush_timeout if flush_timeout > 0 else None
         self._stop.set()
         self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(flush_timeout + (1.0 if join_timeout is None else join_timeout))
-        if thread is None and self._final_deadline is not None:
+            if thread.is_alive() and self._client is not None:
+                self._client.abort()  # a request past the deadline: cut it
+                thread.join(0.5)
+        if thread is None and self._final_deadline is not None and self.lock.held:
             self._final_flush()
         self._thread = None
         left = self._waiting()
@@ -321,6 +351,7 @@ class Shipper:
                     # The first yield proves the watch is in place. Only now may the loop
                     # sleep long; wake it once for rows that came before the watch did.
                     self.watching = True
+                    self._notified = True
                     self._wake.set()
                 elif changes:
                     self._wake.set()
@@ -330,11 +361,38 @@ class Shipper:
         finally:
             self.watching = False
 
+    def _others_wrote(self) -> bool:
+        """Whether another connection (or an append through this spool) committed since
+        the last look; the shipper's own acknowledgements and meta writes do not count."""
+        try:
+            changes = self.spool.changes()
+        except Exception:
+            return True
+        if changes == self._seen_changes:
+            return False
+        self._seen_changes = changes
+        return True
+
     def _idle_wait(self, seconds: float) -> None:
-        if not self.watching:
-            seconds = min(seconds, 1.0)  # poll
-        self._wake.wait(max(0.0, seconds))
-        self._wake.clear()
+        deadline = self._clock() + max(0.0, seconds)
+        while not self._stop.is_set():
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                return
+            if not self.watching:
+                # Polling: look again within a second, whatever woke us.
+                self._wake.wait(min(remaining, 1.0))
+                self._wake.clear()
+                return
+            woken = self._wake.wait(remaining)
+            self._wake.clear()
+            if not woken or self._notified or self._stop.is_set():
+                self._notified = False
+                return
+            # A change of the -wal: only another writer's commit is news. Our own
+            # writes (acks, last_error) must not make us resend in a loop.
+            if self._others_wrote():
+                return
 
     # -- the loop ----------------------------------------------------------------
 
@@ -342,7 +400,7 @@ class Shipper:
         try:
             while not self._stop.is_set():
                 try:
-                    wait = self._tick()
+                    wait = self.tick()
                 except Exception:
                     logger.exception("spooler shipper cycle failed; continuing")
                     wait = 1.0
@@ -354,43 +412,48 @@ class Shipper:
             if self._thread is None or self._thread is threading.current_thread():
                 self.lock.release()
 
-    def _tick(self) -> float:
-        """Decide whether to send now; returns how long to sleep before the next look."""
-        now = time.monotonic()
-        if now < self._auth_paused_until:
-            return self._auth_paused_until - now
+    def tick(self) -> float:
+        """Send what is due now (a full batch, rows ``flush_interval`` old, a heartbeat);
+        returns how many seconds until the next thing falls due."""
+        now = self._clock()
+        if now < self._paused_until:
+            return self._paused_until - now
         interval = self.config.flush_interval
+        self._others_wrote()  # what we are about to read is no news later
         waiting, oldest = self.spool.peek(self.config.batch_size)
-        due = False
-        if waiting >= self.config.batch_size:
-            due = True
-        elif waiting and oldest is not None:
-            age = time.time() - _parse_iso(oldest)
-            due = age >= interval
+        age = self._wall_clock() - _parse_iso(oldest) if waiting and oldest is not None else 0.0
+        due = waiting >= self.config.batch_size or (waiting > 0 and age >= interval)
         heartbeat_due = now - self._last_heartbeat >= interval
         if due or heartbeat_due:
             self.cycle(send_all=due, heartbeat=heartbeat_due)
-        next_heartbeat = self._last_heartbeat + interval - time.monotonic()
-        if waiting and oldest is not None and not due:
-            age = time.time() - _parse_iso(oldest)
+        now = self._clock()
+        if now < self._paused_until:
+            return self._paused_until - now
+        next_heartbeat = self._last_heartbeat + interval - now
+        if waiting and not due:
             return max(0.01, min(next_heartbeat, interval - age))
         return max(0.01, next_heartbeat)
 
     def cycle(self, *, send_all: bool = True, heartbeat: bool = True) -> CycleResult:
-        """One delivery cycle: send what waits (full batches, or all), then a heartbeat."""
-        start = time.monotonic()
+        """One delivery cycle: send what waits (full batches, or all), then a heartbeat.
+
+        Takes the ship lock first if this shipper does not hold it yet (raises
+        :class:`~spooler.errors.ShipperLockedError` when another process ships).
+        """
+        self.lock.acquire()
+        start = self._clock()
         result = CycleResult()
         if send_all:
             self._send_batches(result, final=False)
-        if heartbeat and not result.auth_failed:
+        if heartbeat and not result.auth_failed and not self._stop.is_set():
             result.heartbeat = self._send_heartbeat()
         if result.shipped or result.rejected:
             self.spool.maintain()
         result.waiting = self._waiting()
-        result.seconds = time.monotonic() - start
+        result.seconds = self._clock() - start
         self.last_cycle = result
         if result.shipped or result.rejected or result.error:
-            logger.info(
+            logger.debug(
                 "delivered %d entries in %d batches (%d rejected, %d waiting, %d retries) "
                 "in %.0f ms%s",
                 result.shipped,
@@ -408,8 +471,7 @@ class Shipper:
         return self.cycle(send_all=True, heartbeat=True)
 
     def _final_flush(self) -> None:
-        deadline = self._final_deadline
-        if deadline is None:
+        if self._final_deadline is None or not self.lock.held:
             return
         result = CycleResult()
         try:
@@ -423,7 +485,7 @@ class Shipper:
         after_id = 0
         while True:
             if final:
-                if self._final_deadline is None or time.monotonic() >= self._final_deadline:
+                if self._final_deadline is None or self._clock() >= self._final_deadline:
                     return
             elif self._stop.is_set():
                 return
@@ -455,9 +517,10 @@ class Shipper:
 
     def _deliver(self, rows: Sequence[SpoolRow], result: CycleResult, *, final: bool) -> bool:
         """Send rows (splitting or bisecting as the Cloud asks); False to stop this cycle."""
-        body, key = self._body(rows)
         try:
-            self._send_with_retry(body, len(rows), key, result, final=final)
+            rows = self._send_with_retry(rows, result, final=final)
+        except _Gone:
+            return True  # evicted meanwhile: counted as evicted, nothing to send
         except (PayloadTooLargeError, RejectedError) as exc:
             if len(rows) == 1:
                 reason = "too large" if isinstance(exc, PayloadTooLargeError) else "rejected"
@@ -470,10 +533,10 @@ class Shipper:
                 rows[half:], result, final=final
             )
         except AuthError as exc:
-            self._on_auth_error(exc, result)
+            self._pause(exc, result)
             return False
         except PermanentDeliveryError as exc:
-            self._record_error(f"Cloud answered {exc.status}; will retry later", result)
+            self._pause(exc, result)
             return False
         except (TransientDeliveryError, tenacity.RetryError) as exc:
             self._record_error(_describe(exc), result)
@@ -481,14 +544,17 @@ class Shipper:
         self.spool.ack([r.id for r in rows])
         result.shipped += len(rows)
         result.batches += 1
-        if self._auth_logged:
-            logger.warning("the Cloud accepts the API key again; delivery resumed")
-            self._auth_logged = False
+        self._resume()
         return True
 
     def _send_with_retry(
-        self, body: bytes, count: int, key: str, result: CycleResult, *, final: bool
-    ) -> None:
+        self, rows: Sequence[SpoolRow], result: CycleResult, *, final: bool
+    ) -> Sequence[SpoolRow]:
+        """Send ``rows`` until the Cloud takes them; returns the rows it took.
+
+        Before each retry the batch is read again: rows evicted at the cap during
+        an outage are not sent (they are counted as evicted, and must not arrive too).
+        """
         stop: Any = tenacity.stop_when_event_set(self._stop)
         if final:
             stop = tenacity.stop_after_attempt(1)
@@ -496,6 +562,18 @@ class Shipper:
             stop = stop | tenacity.stop_after_attempt(self._max_attempts)
 
         failures: list[BaseException] = []
+        current = list(rows)
+        attempts = 0
+
+        def attempt() -> None:
+            nonlocal current, attempts
+            attempts += 1
+            if attempts > 1:
+                current = self.spool.still_waiting(current)
+                if not current:
+                    raise _Gone
+            body, key = self._body(current)
+            self.client.send_entries_json(body, count=len(current), idempotency_key=key)
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             result.retries += 1
@@ -505,7 +583,7 @@ class Shipper:
             if exc is not None:
                 failures.append(exc)
             self._record_error(_describe(exc), None)
-            logger.info("delivery failed (%s); retrying in %.1f s", _describe(exc), wait)
+            logger.debug("delivery failed (%s); retrying in %.1f s", _describe(exc), wait)
 
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(TransientDeliveryError),
@@ -516,9 +594,10 @@ class Shipper:
             reraise=True,
         )
         try:
-            retrying(self.client.send_entries_json, body, count=count, idempotency_key=key)
+            retrying(attempt)
         except _Stopped:
             raise failures[-1] from None
+        return current
 
     def _sleep(self, seconds: float) -> None:
         self._sleep_fn(seconds)
@@ -527,22 +606,34 @@ class Shipper:
             # before looking at its stop condition, and that request may hang.
             raise _Stopped
 
-    def _on_auth_error(self, exc: AuthError, result: CycleResult) -> None:
-        result.auth_failed = True
+    def _pause(self, exc: PermanentDeliveryError, result: CycleResult) -> None:
+        """A refused key or a permanent error: keep the spool, log once, probe again later.
+
+        Resending the same batch cannot help, so nothing is sent until the backoff
+        ceiling has passed (then one probe), however often the loop is woken.
+        """
+        auth = isinstance(exc, AuthError)
+        result.auth_failed = result.auth_failed or auth
+        what = "refused the API key" if auth else "answered a permanent error"
         message = (
-            f"Cloud refused the API key ({exc.status}); spool kept, "
-            f"probing every {self._backoff_max:g} s"
+            f"Cloud {what} (HTTP {exc.status}); spool kept, probing every {self._backoff_max:g} s"
         )
         self._record_error(message, result)
-        if not self._auth_logged:
+        if self._pause_logged != message:
             logger.error(
-                "EventEngine Cloud refused the API key (HTTP %s): delivery paused, entries stay "
-                "in the spool; probing again every %g s",
+                "EventEngine Cloud %s (HTTP %s): delivery paused, entries stay in the spool; "
+                "probing again every %g s",
+                what,
                 exc.status,
                 self._backoff_max,
             )
-            self._auth_logged = True
-        self._auth_paused_until = time.monotonic() + self._backoff_max
+            self._pause_logged = message
+        self._paused_until = self._clock() + self._backoff_max
+
+    def _resume(self) -> None:
+        if self._pause_logged is not None:
+            logger.warning("EventEngine Cloud accepts deliveries again; delivery resumed")
+            self._pause_logged = None
 
     def _record_error(self, message: str, result: CycleResult | None) -> None:
         if result is not None:
@@ -551,7 +642,7 @@ class Shipper:
             self.spool.set_meta({"last_error": message, "last_error_at": now_iso()}, timeout=1.0)
 
     def _send_heartbeat(self) -> bool:
-        self._last_heartbeat = time.monotonic()
+        self._last_heartbeat = self._clock()
         try:
             stats = self.spool.stats()
             schemas = dict(self._schemas)
@@ -561,14 +652,16 @@ class Shipper:
             heartbeat = build_heartbeat(
                 app_name=self.config.app_name,
                 environment=self.config.environment,
-                uptime_seconds=time.monotonic() - _STARTED,
+                uptime_seconds=max(0.0, self._clock() - self.started_at),
                 schema_fingerprints=schemas,
                 spool=stats.heartbeat_counters(),
             )
+            if self._stop.is_set():
+                return False
             self.client.send_heartbeat(heartbeat)
             return True
         except AuthError as exc:
-            self._on_auth_error(exc, CycleResult())
+            self._pause(exc, CycleResult())
         except DeliveryError as exc:
             logger.debug("heartbeat not delivered: %s", _describe(exc))
         except Exception:

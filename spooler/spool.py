@@ -17,13 +17,16 @@ drained spool give pages back. See README "How the cap works".
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
+import random
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +60,15 @@ _WAL_FRAME = PAGE_SIZE + 24
 _SHM_BYTES = 32 * 1024
 DEAD_LETTER_KEEP = 10_000
 _encode = json.JSONEncoder(separators=(",", ":")).encode
+_BUMP = (
+    "INSERT INTO counters(name, value) VALUES (?, ?) "
+    "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value"
+)
+_MAX_STEP = 1 << 31  # the largest step one count() may add
+_MAX_PENDING = 1 << 53  # pending counters saturate here instead of overflowing SQLite
+# Handles inherited across a fork: kept alive and unused (SQLite forbids closing them).
+_OPEN_WAIT = 5.0
+_INHERITED: list[sqlite3.Connection] = []
 _INSERT_ONE = "INSERT INTO entries(kind, created_at, entry) VALUES (?, ?, ?)"
 # Positional placeholders in order: numbered ones bound to a sequence are
 # deprecated from Python 3.12 and refused from 3.14.
@@ -86,6 +98,54 @@ class SpoolRow:
         return value
 
 
+_LIVE: weakref.WeakSet[Spool] = weakref.WeakSet()
+_FORK_WAIT = 1.0  # how long a fork waits for a spool transaction in another thread to end
+_held_for_fork: list[threading.Lock] = []
+
+
+def _before_fork() -> None:
+    # A child forked while SQLite's in-process lock state says "inside a transaction"
+    # could never write to the spool (SQLite shares that state between connections of
+    # one process). Let a transaction in another thread finish first.
+    for spool in list(_LIVE):
+        lock = spool._lock
+        if spool._pid == os.getpid() and lock.acquire(timeout=_FORK_WAIT):
+            _held_for_fork.append(lock)
+
+
+def _after_fork_in_parent() -> None:
+    while _held_for_fork:
+        _held_for_fork.pop().release()
+
+
+def _after_fork_in_child() -> None:
+    _held_for_fork.clear()  # the child replaces each spool's lock on first use
+
+
+os.register_at_fork(
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
+    after_in_child=_after_fork_in_child,
+)
+
+
+class _WalFull(Exception):
+    """The WAL is past its hard limit; wait for the writer thread's checkpoint."""
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc)
+    return "locked" in text or "busy" in text
+
+
+def encode_row(entry: Mapping[str, Any]) -> tuple[str, str, str]:
+    """An entry as the row the spool stores: (kind, created_at, JSON text)."""
+    created = entry.get("timestamp")
+    if not isinstance(created, str):
+        created = now_iso()
+    return (str(entry.get("status") or "unknown"), created, _encode(entry))
+
+
 class Spool:
     """A size-capped SQLite WAL spool, safe for many threads and processes.
 
@@ -101,17 +161,27 @@ class Spool:
         busy_timeout: float = 0.05,
         check: bool = True,
         lazy: bool = False,
+        checkpoints: bool = True,
+        on_wal_full: Callable[[], object] | None = None,
     ) -> None:
         self.path = os.path.abspath(os.fspath(path))
         self.max_bytes = int(max_bytes)
         self.busy_timeout = float(busy_timeout)
+        self._wal_path = self.path + "-wal"
+        # The WAL's share of the cap. A write starts only while the WAL is under its
+        # hard limit (1.5x the checkpoint threshold) and one transaction writes at
+        # most half a threshold: the WAL peaks at 2x the threshold plus a few pages.
         self._wal_pages = max(16, min(1024, self.max_bytes // 8 // PAGE_SIZE))
-        # The WAL peaks near its checkpoint threshold plus one transaction (at most
-        # half the threshold, see _chunks) plus a few pages of eviction bookkeeping.
         reserve = _SHM_BYTES + 32 + (self._wal_pages * 2 + 8) * _WAL_FRAME
         self._max_pages = max(32, (self.max_bytes - reserve) // PAGE_SIZE)
-        self._wal_limit = int(self._wal_pages * 1.5) * _WAL_FRAME + 32
-        self._writes = 0
+        self._soft_wal = self._wal_pages * _WAL_FRAME + 32
+        self._hard_wal = int(self._wal_pages * 1.5) * _WAL_FRAME + 32
+        # Entry text per transaction: with eviction and b-tree bookkeeping this
+        # stays under half a threshold of WAL frames.
+        self._txn_bytes = self._wal_pages * PAGE_SIZE // 4
+        self.checkpoints = checkpoints
+        self.on_wal_full = on_wal_full
+        self._appends = 0
         self._lock = threading.Lock()
         self._pending_lock = threading.Lock()
         self._pending: dict[str, int] = {}
@@ -121,6 +191,7 @@ class Spool:
         self._check = check
         self._closed = False
         self._conn: sqlite3.Connection | None = None
+        _LIVE.add(self)
         if not lazy:
             self._conn = self._open(check=check)
 
@@ -137,11 +208,19 @@ class Spool:
         )
         try:
             self._apply_cap(conn)
+            if not self.checkpoints:
+                # The host's connection: checkpoints happen on the writer thread.
+                conn.execute("PRAGMA wal_autocheckpoint = 0")
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         except BaseException:
             conn.close()
             raise
         return conn
+
+    def ensure_open(self) -> None:
+        """Open the file now (with ``quick_check`` if this spool checks) if not yet open."""
+        with self._locked(_OPEN_WAIT):
+            pass
 
     def _apply_cap(self, conn: sqlite3.Connection) -> None:
         got = conn.execute(f"PRAGMA max_page_count = {self._max_pages}").fetchone()[0]
@@ -189,23 +268,36 @@ class Spool:
             self._lock.release()
 
     def _after_fork(self) -> None:
-        # A SQLite connection or lock must never cross a fork: abandon the
-        # parent's (closing it here could disturb the parent) and open anew.
+        # A SQLite connection or lock must never cross a fork. Closing the
+        # parent's connection here is forbidden too (SQLite may unlock or delete
+        # what the parent still uses): park it, never to be touched or freed.
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._pending_lock = threading.Lock()
         self._pending = {}
         self._check = False
+        if self._conn is not None:
+            _INHERITED.append(self._conn)
         self._conn = None  # reopened on first use in this process
 
     def _write(self, conn: sqlite3.Connection, work: Any, timeout: float | None) -> Any:
-        """Run ``work(conn)`` in one BEGIN IMMEDIATE transaction with pending counters."""
+        """Run ``work(conn)`` in one BEGIN IMMEDIATE transaction with pending counters.
+
+        The WAL is measured once the write lock is held (no other writer can grow
+        it then): past its hard limit nothing is written until a checkpoint has
+        given the space back, so db + wal + shm stay within the cap at every instant.
+        """
         if timeout == self.busy_timeout:
             timeout = None  # already in force: skip two PRAGMA round trips
         if timeout is not None:
             conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            for attempt in range(3):
+                conn.execute("BEGIN IMMEDIATE")
+                if self._wal_size() <= self._hard_wal or attempt == 2:
+                    break
+                conn.execute("ROLLBACK")
+                self._checkpoint(conn, "TRUNCATE")
             try:
                 result = work(conn)
                 self._flush_pending(conn)
@@ -228,15 +320,16 @@ class Spool:
     def _flush_pending(self, conn: sqlite3.Connection) -> None:
         with self._pending_lock:
             pending = dict(self._pending)
-        if pending:
-            conn.executemany(
-                "INSERT INTO counters(name, value) VALUES (?, ?) "
-                "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-                pending.items(),
-            )
-            self._flushed = pending
-        else:
-            self._flushed = {}
+        self._flushed = {}
+        if not pending:
+            return
+        try:
+            conn.executemany(_BUMP, pending.items())
+        except sqlite3.Error as exc:
+            # Counters must never cost an entry its place: keep them for the next write.
+            self._log_once("counters", "spool could not record its counters yet: %s", exc)
+            return
+        self._flushed = pending
 
     def _clear_pending(self) -> None:
         flushed = getattr(self, "_flushed", {})
@@ -255,13 +348,59 @@ class Spool:
             self._logged.add(key)
             logger.warning(message, *args)
 
+    # -- the WAL's share of the cap --------------------------------------------------
+
+    def _wal_size(self) -> int:
+        try:
+            return os.stat(self._wal_path).st_size
+        except OSError:
+            return 0
+
+    def wal_over(self) -> bool:
+        """Whether the WAL has passed its soft limit and wants a checkpoint."""
+        return self._wal_size() > self._soft_wal
+
+    def checkpoint(self, *, timeout: float = 1.0) -> bool:
+        """Give the WAL's space back when it has passed its soft limit (never on the
+        host's thread: the reporter's writer thread and the shipper call this).
+
+        A TRUNCATE checkpoint waits up to ``timeout`` for readers to move on. Returns
+        whether the WAL is within its soft limit afterwards. Never raises.
+        """
+        if not self.wal_over():
+            return True
+        try:
+            with self._locked(timeout) as conn:
+                self._checkpoint(conn, "TRUNCATE")
+        except Exception as exc:
+            self._log_once("checkpoint", "spool checkpoint failed: %s", exc)
+        return not self.wal_over()
+
+    def _checkpoint(self, conn: sqlite3.Connection, mode: str) -> None:
+        for attempt in range(5):
+            try:
+                busy = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()[0]
+            except sqlite3.Error:
+                return
+            if not busy:
+                return
+            # Another connection was checkpointing; that lock has no busy handler.
+            time.sleep(0.001 * (attempt + 1))
+
     # -- appending -------------------------------------------------------------
 
     def count(self, name: str, n: int = 1) -> None:
-        """Add ``n`` to a counter; it reaches the file with the next write. Never raises."""
+        """Add ``n`` to a counter; it reaches the file with the next write. Never raises.
+
+        ``n`` must be an int from 0 to 2**31; anything else is ignored (and logged
+        once), so no value from the host can reach SQLite or spoil another write.
+        """
+        if type(n) is not int or not 0 <= n <= _MAX_STEP:
+            self._log_once("count:" + name, "spool ignored a bad step for counter %s", name)
+            return
         if n:
             with self._pending_lock:
-                self._pending[name] = self._pending.get(name, 0) + n
+                self._pending[name] = min(self._pending.get(name, 0) + n, _MAX_PENDING)
 
     def append(self, entry: Mapping[str, Any]) -> bool:
         """Append one entry; False (and counted as dropped) if it could not be stored."""
@@ -285,30 +424,35 @@ class Spool:
         if not entries:
             return 0
         try:
-            now: str | None = None
-            rows = []
-            for e in entries:
-                # An entry's creation time is its notification timestamp.
-                created = e.get("timestamp")
-                if not isinstance(created, str):
-                    created = now = now or now_iso()
-                rows.append((str(e.get("status") or "unknown"), created, _encode(e)))
+            rows = [encode_row(e) for e in entries]
         except Exception as exc:  # an entry that cannot be encoded
             self.count("dropped", len(entries))
             self._log_once("encode", "spool dropped entries it could not encode: %s", exc)
             return 0
+        return self.append_rows(rows, timeout=timeout, raise_on_busy=raise_on_busy)
+
+    def append_rows(
+        self,
+        rows: Sequence[tuple[str, str, str]],
+        *,
+        timeout: float | None = None,
+        raise_on_busy: bool = False,
+    ) -> int:
+        """:meth:`append_many` for rows already encoded by :func:`encode_row`."""
         stored = 0
         for chunk in self._chunks(rows):
             try:
                 with self._locked(timeout) as conn:
-                    stored += self._store(conn, chunk, timeout)
+                    work = functools.partial(self._insert, rows=chunk)
+                    stored += int(self._write(conn, work, timeout))
+                    self._appends += 1
                     continue
             except SpoolBusyError:
                 if raise_on_busy and not stored:
                     raise
                 self._log_once("busy", "spool dropped entries: another writer held the lock")
             except sqlite3.OperationalError as exc:
-                if raise_on_busy and not stored and "locked" in str(exc):
+                if raise_on_busy and not stored and _is_busy(exc):
                     raise SpoolBusyError("spool is locked by another writer") from None
                 self._log_once(type(exc).__name__ + str(exc), "spool dropped entries: %s", exc)
             except Exception as exc:
@@ -318,53 +462,51 @@ class Spool:
             timeout = max(timeout or self.busy_timeout, 1.0)
         return stored
 
-    def _store(
-        self, conn: sqlite3.Connection, rows: list[tuple[str, str, str]], timeout: float | None
-    ) -> int:
-        stored = 0
-        if len(rows) == 1 and not self._pending and timeout in (None, self.busy_timeout):
-            # One row and nothing else to write: a single autocommit statement
-            # is its own transaction (one round trip instead of three).
-            try:
-                conn.execute(_INSERT_ONE, rows[0])
-                stored = 1
-            except sqlite3.OperationalError as exc:
-                if not is_full(exc):
-                    raise  # at the cap: evict in a transaction below
-        if not stored:
-            stored = int(self._write(conn, lambda c: self._insert(c, rows), timeout))
-        self._writes += 1
-        if len(rows) > 1 or self._writes % 16 == 0:
-            self._bound_wal(conn)
-        return stored
+    def append_now(self, row: tuple[str, str, str], *, deadline: float) -> bool:
+        """Commit one encoded row before returning (immediate mode, the host's thread).
 
-    def _bound_wal(self, conn: sqlite3.Connection) -> None:
-        """Restart the WAL when readers kept the automatic checkpoint from doing so.
-
-        A checkpoint cannot rewind the WAL while another connection (the
-        shipper's reads) still uses it, so with overlapping readers it only
-        grows. Past 1.5x its threshold, a TRUNCATE checkpoint waits (busy
-        timeout) for those brief readers and gives the space back.
+        True means committed. Another writer holding the lock is waited for in
+        short jittered steps (not SQLite's busy handler, whose first sleeps are
+        whole milliseconds) until ``deadline`` (``time.monotonic()``); then the
+        entry is counted as dropped and False returned. This connection never
+        checkpoints: past the WAL's soft limit ``on_wal_full`` asks the writer
+        thread to, and past its hard limit the call waits for that.
         """
-        try:
-            size = os.stat(self.path + "-wal").st_size
-        except OSError:
-            return
-        if size <= self._wal_limit:
-            return
-        for attempt in range(5):
+        delay = 5e-5
+        while True:
             try:
-                busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
-            except sqlite3.Error:
-                return
-            if not busy:
-                return
-            # Another connection was checkpointing; that lock has no busy handler.
-            time.sleep(0.001 * (attempt + 1))
+                if self._wal_size() > self._soft_wal:
+                    if self.on_wal_full is not None:
+                        self.on_wal_full()
+                    if self._wal_size() > self._hard_wal:
+                        raise _WalFull
+                with self._locked(max(0.0, deadline - time.monotonic())) as conn:
+                    try:
+                        conn.execute(_INSERT_ONE, row)
+                    except sqlite3.OperationalError as exc:
+                        if not is_full(exc):
+                            raise
+                        self._write(conn, lambda c: self._insert(c, [row]), None)
+                self._appends += 1
+                return True
+            except (_WalFull, SpoolBusyError, sqlite3.OperationalError) as exc:
+                if isinstance(exc, sqlite3.OperationalError) and not _is_busy(exc):
+                    self._log_once("now" + str(exc), "spool dropped an entry: %s", exc)
+                    break
+            except Exception as exc:
+                self._log_once("now" + type(exc).__name__, "spool dropped an entry: %s", exc)
+                break
+            if time.monotonic() + delay > deadline:
+                self._log_once("busy", "spool dropped entries: another writer held the lock")
+                break
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 2e-3)
+        self.count("dropped")
+        return False
 
-    def _chunks(self, rows: list[tuple[str, str, str]]) -> Iterator[list[tuple[str, str, str]]]:
+    def _chunks(self, rows: Sequence[tuple[str, str, str]]) -> Iterator[list[tuple[str, str, str]]]:
         """Split rows so one transaction stays well inside the WAL budget."""
-        limit = self._wal_pages * PAGE_SIZE // 2
+        limit = self._txn_bytes
         chunk: list[tuple[str, str, str]] = []
         size = 0
         for row in rows:
@@ -386,38 +528,41 @@ class Spool:
         else:
             sql = _INSERT_MANY
             params = (rows[0][1], "[" + ",".join(r[2] for r in rows) + "]")
-        evict = 0
-        for _ in range(8):
+        size = sum(len(r[2]) + 16 for r in rows)
+        self._make_room(conn, size, len(rows))
+        for _ in range(4):
             try:
-                if evict and not self._evict(conn, evict):
-                    raise sqlite3.OperationalError("database or disk is full")
                 conn.execute(sql, params)
                 return len(rows)
             except sqlite3.OperationalError as exc:
-                if not is_full(exc):
-                    raise
-                # SQLITE_FULL may roll back the statement or the whole
-                # transaction (evictions too); carry on in a transaction either way.
-                if not conn.in_transaction:
-                    conn.execute("BEGIN IMMEDIATE")
-                size = sum(len(r[2]) + 16 for r in rows)
-                if not self._at_cap(conn, size):
+                if not is_full(exc) or not conn.in_transaction:
+                    raise  # SQLITE_FULL that rolled the transaction back: drop, counted
+                if not self._at_cap(conn, size) or not self._evict_bytes(conn, size, len(rows)):
                     raise  # a full disk, not our cap: drop rather than evict
-                evict = max(2 * evict, 2 * len(rows), 16, self._evict_chunk(conn, size))
         raise sqlite3.OperationalError("database or disk is full")
+
+    def _used_pages(self, conn: sqlite3.Connection) -> int:
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        return int(pages - free)
 
     def _at_cap(self, conn: sqlite3.Connection, batch_bytes: int) -> bool:
         """Whether ``batch_bytes`` more would pass max_page_count (else the disk is full)."""
-        pages = conn.execute("PRAGMA page_count").fetchone()[0]
-        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
         needed = batch_bytes * 5 // 4 // PAGE_SIZE + 4
-        return bool(pages - free + needed >= self._max_pages)
+        return self._used_pages(conn) + needed >= self._max_pages
 
-    def _evict_chunk(self, conn: sqlite3.Connection, batch_bytes: int) -> int:
-        # Free about 1/32 of the cap at once, so eviction is rare and amortised.
-        depth_row = conn.execute("SELECT max(id) - min(id) + 1 FROM entries").fetchone()
-        depth = depth_row[0] or 0
-        return max(depth // 32, batch_bytes // 64)
+    def _make_room(self, conn: sqlite3.Connection, batch_bytes: int, batch_rows: int) -> None:
+        """Evict the oldest rows first when this batch would pass the cap, so the insert
+        does not fail and retry (every retry rewrites pages the WAL must hold)."""
+        if self._at_cap(conn, batch_bytes):
+            self._evict_bytes(conn, batch_bytes, batch_rows)
+
+    def _evict_bytes(self, conn: sqlite3.Connection, batch_bytes: int, batch_rows: int) -> int:
+        # Free room for the batch and a little more (about 1/32 of the cap, within
+        # one transaction's WAL budget), so eviction is rare and amortised.
+        want = min(max(batch_bytes * 2, self.max_bytes // 32), self._txn_bytes)
+        per_row = max(64, batch_bytes // max(1, batch_rows))
+        return self._evict(conn, max(1, want // per_row))
 
     def _evict(self, conn: sqlite3.Connection, n: int) -> int:
         removed = conn.execute(
@@ -434,15 +579,13 @@ class Spool:
             "(SELECT id FROM dead_letters ORDER BY id LIMIT ?)",
             (n,),
         ).rowcount
+        if removed:
+            self._bump(conn, "dead_letters_evicted", removed)
         return int(removed)
 
     @staticmethod
     def _bump(conn: sqlite3.Connection, name: str, n: int) -> None:
-        conn.execute(
-            "INSERT INTO counters(name, value) VALUES (?, ?) "
-            "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-            (name, n),
-        )
+        conn.execute(_BUMP, (name, n))
 
     def flush_counters(self, *, timeout: float | None = None) -> bool:
         """Write pending in-memory counters to the file now. Never raises."""
@@ -482,15 +625,29 @@ class Spool:
         return rows
 
     def ack(self, ids: Iterable[int], *, timeout: float | None = 5.0) -> int:
-        """Delete acknowledged rows and count them as shipped; returns rows deleted."""
-        id_list = json.dumps(sorted(set(ids)))
+        """Delete rows the Cloud took and count them as shipped; returns rows deleted.
+
+        A row already gone was evicted at the cap while its request was in flight
+        (only the one shipper deletes otherwise): the Cloud has it, so it moves
+        from ``evicted`` to ``shipped`` and is counted once.
+        """
+        unique = sorted(set(ids))
+        id_list = json.dumps(unique)
 
         def work(conn: sqlite3.Connection) -> int:
             n = conn.execute(
                 "DELETE FROM entries WHERE id IN (SELECT value FROM json_each(?))", (id_list,)
             ).rowcount
-            if n:
-                self._bump(conn, "shipped", n)
+            # Ids above the sequence were never appended: nothing to count.
+            known = conn.execute(
+                "SELECT count(*) FROM json_each(?) WHERE value <= "
+                "(SELECT seq FROM sqlite_sequence WHERE name = 'entries')",
+                (id_list,),
+            ).fetchone()[0]
+            if known:
+                self._bump(conn, "shipped", known)
+            if known > n:
+                self._bump(conn, "evicted", n - known)
             conn.execute(
                 "INSERT OR REPLACE INTO meta(key, value) VALUES ('last_delivery_at', ?)",
                 (now_iso(),),
@@ -531,6 +688,31 @@ class Spool:
             return int(n)
 
         return int(self._transaction(work, timeout))
+
+    def still_waiting(self, rows: Sequence[SpoolRow]) -> list[SpoolRow]:
+        """The rows of ``rows`` that are still in the spool (not evicted meanwhile)."""
+        if not rows:
+            return []
+        id_list = json.dumps([r.id for r in rows])
+        with self._locked(5.0) as conn:
+            present = {
+                row[0]
+                for row in conn.execute(
+                    "SELECT id FROM entries WHERE id IN (SELECT value FROM json_each(?))",
+                    (id_list,),
+                )
+            }
+        return [r for r in rows if r.id in present]
+
+    def changes(self) -> tuple[int, int]:
+        """A token that changes whenever rows may have been added: another connection
+        committed (``PRAGMA data_version``) or entries were appended through this object.
+
+        The shipper compares it to tell news from the echo of its own writes.
+        """
+        with self._locked(5.0) as conn:
+            version = int(conn.execute("PRAGMA data_version").fetchone()[0])
+        return version, self._appends
 
     def set_meta(self, values: Mapping[str, str | None], *, timeout: float | None = 5.0) -> None:
         """Record shipper state (last delivery, last error) for ``status``."""
@@ -593,7 +775,7 @@ class Spool:
     def close(self) -> None:
         """Flush pending counters and close the connection."""
         if self._pid != os.getpid():
-            self._conn = None  # the parent's connection: never touch it here
+            self._after_fork()  # the parent's connection: park it, never close it here
             self._closed = True
             return
         if self._conn is not None or self._pending:

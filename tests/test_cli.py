@@ -156,7 +156,11 @@ def test_ship_stops_cleanly_on_sigterm_and_keeps_what_it_did_not_send(
         waiting = [r.entry["event_id"] for r in s.read_batch(1000)]
     arrived = [e["event_id"] for e in receiver.entries()]
     assert waiting, "everything was delivered before the signal: nothing was in flight"
-    assert sorted(arrived + waiting) == list(range(200))
+    assert sorted(set(arrived) | set(waiting)) == list(range(200))
+    assert len(arrived) == len(set(arrived))
+    # A stop interrupts the request in flight: the Cloud may have stored that one batch
+    # without the shipper hearing so. It stays spooled and is sent again (same entry_ids).
+    assert len(set(arrived) & set(waiting)) <= 5
 
 
 def test_ship_once_exits_0_when_everything_is_delivered(

@@ -195,21 +195,44 @@ def test_immediate_mode_is_durable_when_the_call_returns(path: str) -> None:
     assert [e["status"] for e in spooled(path)] == ["emitted", "published"]
 
 
-def test_immediate_mode_falls_back_to_the_buffer_on_contention(path: str) -> None:
-    """When another writer holds the lock, the hook buffers instead of waiting."""
+def test_immediate_mode_waits_out_a_brief_lock_and_true_means_committed(path: str) -> None:
+    """A writer holding the lock briefly is waited for: True only once the row is committed."""
     spooler.configure(api_key=KEY, spool_path=path, spool_mode="immediate", ship_in_process=False)
     spooler.start()
     spooler.track_emit(event(0))  # opens the spool
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(0.05, lambda: holder.execute("ROLLBACK"))
+    release.start()
+    try:
+        assert spooler.track_emit(event(1)) is True
+        # Read right away through another connection: nothing is left in memory.
+        assert [e["event_id"] for e in spooled(path)] == [0, 1]
+        r = spooler.get_reporter()
+        assert r is not None and r.buffered() == 0
+    finally:
+        release.join()
+        holder.close()
+
+
+def test_immediate_mode_never_says_true_for_an_entry_it_did_not_commit(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock held past the bound gives False and a counted drop; the entry never appears."""
+    monkeypatch.setattr(reporter, "IMMEDIATE_TIMEOUT", 0.2)
+    spooler.configure(api_key=KEY, spool_path=path, spool_mode="immediate", ship_in_process=False)
+    spooler.start()
+    spooler.track_emit(event(0))
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     try:
-        assert spooler.track_emit(event(1)) is True
-        r = spooler.get_reporter()
-        assert r is not None and r.buffered() == 1
+        assert spooler.track_emit(event(1)) is False
     finally:
         holder.execute("ROLLBACK")
         holder.close()
-    assert wait_for(lambda: [e["event_id"] for e in spooled(path)] == [0, 1])
+    spooler.shutdown()
+    assert [e["event_id"] for e in spooled(path)] == [0]
+    assert counters(path)["dropped"] == 1
 
 
 def test_a_full_buffer_drops_and_counts(path: str) -> None:
@@ -246,11 +269,11 @@ def test_bad_event_data_is_dropped_and_counted_never_raised(path: str) -> None:
     assert spooler.track_emit(None) is False  # type: ignore[arg-type]
     assert spooler.track_emit({"event_id": 1}) is False
     assert spooler.track_emit(Hostile(event_name="x")) is False
-    assert spooler.track_publish_batch("many") is True  # type: ignore[arg-type]
+    assert spooler.track_publish_batch("many") is False  # type: ignore[arg-type]
     spooler.shutdown()
     c = counters(path)
-    assert c.get("invalid", 0) + c.get("dropped", 0) == 3
-    assert c["invalid"] >= 2
+    assert c.get("invalid", 0) + c.get("dropped", 0) == 4
+    assert c["invalid"] >= 3
 
 
 # -- hooks ------------------------------------------------------------------------

@@ -1,0 +1,72 @@
+"""An independent Cloud for tests: counts what arrives without sharing code with spooler.
+
+It answers 200 to every POST (or what ``status`` says), remembers each request's
+entry_ids and the connection it came on, and knows nothing of spooler's receiver.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class CountingCloud:
+    """A stand-in Cloud on 127.0.0.1 that records every request it gets."""
+
+    def __init__(self, port: int = 0, status: int = 200) -> None:
+        self.status = status
+        self.requests: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        cloud = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                ids: list[str] = []
+                if self.path.endswith("/events"):
+                    ids = [e["entry_id"] for e in json.loads(body)["entries"]]
+                with cloud._lock:
+                    cloud.requests.append(
+                        {"path": self.path, "ids": ids, "peer": self.client_address}
+                    )
+                    status = cloud.status
+                self.send_response(status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def event_ids(self) -> list[str]:
+        """Every entry_id received, in arrival order, duplicates included."""
+        with self._lock:
+            return [i for r in self.requests for i in r["ids"]]
+
+    def event_posts(self) -> int:
+        """How many POST /events arrived."""
+        with self._lock:
+            return sum(1 for r in self.requests if r["path"].endswith("/events"))
+
+    def close(self) -> None:
+        """Stop serving and free the port."""
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> CountingCloud:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
