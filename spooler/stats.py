@@ -62,13 +62,21 @@ class SpoolStats:
 
 
 def collect_stats(conn: sqlite3.Connection, path: str, max_bytes: int) -> SpoolStats:
-    """A snapshot of the spool behind ``conn``."""
-    depth = conn.execute("SELECT count(*) FROM entries").fetchone()[0]
-    oldest = conn.execute("SELECT created_at FROM entries ORDER BY id LIMIT 1").fetchone()
-    dead = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
-    counters = dict(conn.execute("SELECT name, value FROM counters").fetchall())
-    seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'entries'").fetchone()
-    meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    """A snapshot of the spool behind ``conn``, read in one read transaction so that
+    appended = shipped + evicted + dead_lettered + lost + waiting holds in it."""
+    own = not conn.in_transaction
+    if own:
+        conn.execute("BEGIN")  # deferred: a read transaction, one snapshot for all below
+    try:
+        depth = conn.execute("SELECT count(*) FROM entries").fetchone()[0]
+        oldest = conn.execute("SELECT created_at FROM entries ORDER BY id LIMIT 1").fetchone()
+        dead = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+        counters = dict(conn.execute("SELECT name, value FROM counters").fetchall())
+        seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'entries'").fetchone()
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    finally:
+        if own:
+            conn.execute("COMMIT")
     counters["appended"] = seq[0] if seq else 0
     for name in COUNTER_NAMES:
         counters.setdefault(name, 0)
@@ -106,7 +114,7 @@ def read_stats(path: str | os.PathLike[str], *, max_bytes: int = 0) -> SpoolStat
     p = os.path.abspath(os.fspath(path))
     if not os.path.exists(p):
         raise FileNotFoundError(p)
-    conn = sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=5.0)
+    conn = sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=5.0, isolation_level=None)
     try:
         return collect_stats(conn, p, max_bytes)
     finally:

@@ -164,6 +164,44 @@ def test_an_outage_past_the_cap_counts_each_entry_exactly_once(tmp_path: Path) -
     assert len(set(ids)) == c["shipped"]
 
 
+@pytest.mark.slow
+def test_every_status_snapshot_keeps_the_identity(tmp_path: Path) -> None:
+    """While producers append past the cap and a shipper delivers, every read_stats
+    snapshot satisfies appended = shipped + evicted + dead_lettered + lost + waiting."""
+    path = str(tmp_path / "spool" / "spool.db")
+    with CountingCloud() as cloud:
+        cfg = config(path, cloud.url, spool_max_bytes=1 << 20, batch_size=100)
+        appender = Spool(path, max_bytes=1 << 20)
+        shipper = Shipper(cfg)
+        stop = threading.Event()
+
+        def produce() -> None:
+            i = 0
+            while not stop.is_set():
+                appender.append_many([make_entry(i + j) for j in range(100)])
+                i += 100
+
+        thread = threading.Thread(target=produce)
+        snapshots = []
+        try:
+            assert shipper.start()
+            thread.start()
+            deadline = time.monotonic() + 3.0
+            while time.monotonic() < deadline:
+                snapshots.append(read_stats(path))
+        finally:
+            stop.set()
+            thread.join()
+            shipper.stop()
+            appender.close()
+    assert len(snapshots) > 20
+    for s in snapshots:
+        c = s.counters
+        assert c["appended"] == (
+            c["shipped"] + c["evicted"] + c["dead_lettered"] + c.get("lost", 0) + s.depth
+        ), s
+
+
 def test_hostile_batch_counts_never_poison_later_writes(spool_path: str) -> None:
     """10**30, nanosecond timestamps and strings as publish_batch counts are counted as
     invalid; every entry before and after is stored and nothing else is dropped."""
@@ -391,36 +429,6 @@ def test_uptime_counts_from_when_spooler_started_in_the_process(
         finally:
             shipper.stop()
         assert [b["uptime_seconds"] for b in receiver.heartbeats()] == [42, 100]
-
-
-def test_a_partial_batch_waits_exactly_flush_interval(spool_path: str) -> None:
-    """With injected clocks: rows younger than flush_interval stay; at flush_interval they go,
-    and tick() says how long until they are due."""
-    wall = FakeClock(1_800_000_000.0)
-    mono = FakeClock(50.0)
-    stamp = "2027-01-15T08:00:00.000Z"  # 1_800_000_000 s after the epoch
-    with CountingCloud() as cloud:
-        spool = Spool(spool_path)
-        spool.append_many([dict(make_entry(i), timestamp=stamp) for i in range(3)])
-        shipper = Shipper(
-            config(spool_path, cloud.url, flush_interval=10.0, batch_size=50),
-            spool=spool,
-            watch=False,
-            clock=mono,
-            wall_clock=wall,
-        )
-        try:
-            wall.now += 9.75
-            wait = shipper.tick()  # sends the first heartbeat, no entries
-            assert cloud.event_posts() == 0
-            assert wait == pytest.approx(0.25)
-            wall.now += 0.25
-            mono.now += 0.25
-            shipper.tick()
-            assert cloud.event_posts() == 1 and len(cloud.event_ids()) == 3
-        finally:
-            shipper.stop()
-            spool.close()
 
 
 # -- forks -----------------------------------------------------------------------------------

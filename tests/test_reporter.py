@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -86,6 +85,12 @@ _UNCONFIGURED = textwrap.dedent(
             except OSError:
                 pass
         return n
+    def control():
+        # The counter itself must see a socket when there is one.
+        import socket
+        n = sockets()
+        with socket.socket():
+            return sockets() - n
     before = sockets()
     import blinker, spooler
     spooler.configure()
@@ -99,6 +104,7 @@ _UNCONFIGURED = textwrap.dedent(
         "accepted": sum(results),
         "threads": threading.active_count(),
         "new_sockets": sockets() - before,
+        "control": control(),
         "files": sorted(os.listdir(".")),
         "httpx_loaded": "httpx" in sys.modules,
     }))
@@ -124,6 +130,7 @@ def test_unconfigured_means_no_file_no_thread_no_socket(tmp_path: Path) -> None:
         "accepted": 0,
         "threads": 1,
         "new_sockets": 0,
+        "control": 1,
         "files": [],
         "httpx_loaded": False,
     }
@@ -576,24 +583,6 @@ def _requests(rcv: Receiver) -> list[_Req]:
     return [_Req(r) for r in rcv.requests()]
 
 
-def test_socket_helper_counts_only_sockets() -> None:
-    """Sanity check for the zero-impact test's socket counter (it can see a new socket)."""
-    before = sum(1 for fd in os.listdir("/proc/self/fd") if _is_socket(fd))
-    s = socket.socket()
-    try:
-        after = sum(1 for fd in os.listdir("/proc/self/fd") if _is_socket(fd))
-    finally:
-        s.close()
-    assert after == before + 1
-
-
-def _is_socket(fd: str) -> bool:
-    try:
-        return os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
-    except OSError:
-        return False
-
-
 _HARD_EXIT = textwrap.dedent(
     """
     import os, sys, time, spooler
@@ -621,5 +610,6 @@ def test_a_hard_exit_loses_at_most_the_last_group_window(path: str, mode: str) -
     if mode == "immediate":
         assert ids == list(range(210))
     else:
-        assert ids[:200] == list(range(200))
-        assert len(ids) <= 210
+        # What arrived is a prefix of what was sent: in order, nothing twice, the
+        # first 200 (older than the group window) all there.
+        assert len(ids) >= 200 and ids == list(range(len(ids)))
