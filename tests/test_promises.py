@@ -478,3 +478,32 @@ def test_forks_while_another_thread_writes_leave_children_able_to_write(
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         total = conn.execute("SELECT count(*) FROM entries").fetchone()[0]
     assert total == written + 50
+
+
+def test_the_hosts_thread_never_runs_quick_check_or_checkpoints(
+    spool_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In immediate mode the first track_* opens the host's connection without quick_check;
+    the writer thread runs it; the host's connection has automatic checkpoints off."""
+    import spooler.spool as spool_module
+
+    opened: list[tuple[str, bool]] = []
+    real_open_db = spool_module.open_db
+
+    def recording_open_db(*args: Any, **kwargs: Any) -> Any:
+        opened.append((threading.current_thread().name, kwargs["check"]))
+        return real_open_db(*args, **kwargs)
+
+    monkeypatch.setattr(spool_module, "open_db", recording_open_db)
+    Spool(spool_path).close()  # an existing spool: quick_check would run on it
+    opened.clear()
+    reporter = spooler.configure(
+        api_key=KEY, spool_path=spool_path, spool_mode="immediate", ship_in_process=False
+    )
+    reporter.start()
+    assert reporter.track_emit(event(1))
+    assert wait_for(lambda: ("spooler.writer", True) in opened)
+    host = threading.current_thread().name
+    assert (host, True) not in opened and (host, False) in opened
+    with closing(sqlite3.connect(spool_path)) as conn:
+        assert conn.execute("SELECT count(*) FROM entries").fetchone()[0] == 1
