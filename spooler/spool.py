@@ -367,11 +367,16 @@ class Spool:
         A TRUNCATE checkpoint waits up to ``timeout`` for readers to move on. Returns
         whether the WAL is within its soft limit afterwards. Never raises.
         """
-        if not self.wal_over():
+        size = self._wal_size()
+        if size <= self._soft_wal:
             return True
+        # PASSIVE copies what it can without blocking writers; the next write then
+        # restarts the WAL from its start. TRUNCATE (which holds writers back while
+        # it waits for readers) only when the file itself has grown past its limit.
+        mode = "TRUNCATE" if size > self._hard_wal else "PASSIVE"
         try:
             with self._locked(timeout) as conn:
-                self._checkpoint(conn, "TRUNCATE")
+                self._checkpoint(conn, mode)
         except Exception as exc:
             self._log_once("checkpoint", "spool checkpoint failed: %s", exc)
         return not self.wal_over()
