@@ -7,7 +7,8 @@ shipper's own classification of Cloud answers.
     SpoolerError
     ├── ConfigError                 invalid option at configure time (``option=``)
     ├── SpoolError                  the local SQLite spool could not do its job
-    │   └── SpoolBusyError          another writer held the lock past the short timeout
+    │   ├── SpoolBusyError          another writer held the lock past the short timeout
+    │   └── UnsafeSpoolError        a link, a foreign file or an open folder (``path=``)
     ├── ShipperLockedError          another shipper already owns this spool (``holder_pid=``)
     └── DeliveryError               the Cloud did not take a request (``status=``)
         ├── TransientDeliveryError  408, 429, 5xx, network errors: retry (``retry_after=``)
@@ -33,6 +34,7 @@ __all__ = [
     "SpoolError",
     "SpoolerError",
     "TransientDeliveryError",
+    "UnsafeSpoolError",
 ]
 
 
@@ -54,6 +56,18 @@ class SpoolError(SpoolerError):
 
 class SpoolBusyError(SpoolError):
     """Another writer held the spool past the short busy timeout."""
+
+
+class UnsafeSpoolError(SpoolError):
+    """spooler refuses to use ``path``: writing there could change a file it did not create.
+
+    A symbolic link, a file that is not a regular file of this user, a database
+    of another application, or a folder other users may write to.
+    """
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        super().__init__(message)
 
 
 class ShipperLockedError(SpoolerError):
