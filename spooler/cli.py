@@ -127,6 +127,7 @@ def _cmd_ship(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    from spooler.lock import holder_pid
     from spooler.spool import read_stats
 
     config = _config(args)
@@ -140,7 +141,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         return EXIT_LEFT
     data = stats.as_dict()
     data["exists"] = True
-    data["shipper_pid"] = _shipper_pid(config.spool_file)
+    data["shipper_pid"] = holder_pid(config.spool_file)
     data["endpoint"] = config.endpoint
     data["enabled"] = config.enabled
     if args.json:
@@ -176,23 +177,6 @@ def _counter_order(counters: dict[str, int]) -> list[str]:
     return [n for n in COUNTER_NAMES if n in counters] + sorted(
         n for n in counters if n not in COUNTER_NAMES
     )
-
-
-def _shipper_pid(spool_path: str) -> int | None:
-    try:
-        with open(spool_path + ".ship.lock", encoding="ascii") as f:
-            pid = int(f.read().strip() or 0)
-    except (OSError, ValueError):
-        return None
-    if pid <= 0:
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return pid
-    return pid
 
 
 def _age(seconds: float | None) -> str:
