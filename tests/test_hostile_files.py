@@ -406,3 +406,40 @@ def test_open_db_still_returns_the_connection_and_spool_id(spool_path: str) -> N
 def test_unsafe_spool_errors_are_spool_errors() -> None:
     """Callers catching SpoolError also catch refusals."""
     assert issubclass(UnsafeSpoolError, SpoolError)
+
+
+_WRITE_FOREVER = textwrap.dedent(
+    """
+    import sys
+    from spooler.spoolfile import open_db
+    conn, _ = open_db(sys.argv[1], wal_pages=1000, busy_timeout=1.0, check=False)
+    conn.execute("PRAGMA busy_timeout = 5000")
+    sql = "INSERT INTO entries(kind, created_at, entry) VALUES ('emitted', 'now', ?)"
+    print("ready", flush=True)
+    i = 0
+    while True:
+        conn.execute(sql, ('{"event_id": %d, "pad": "%s"}' % (i, "x" * 200),))
+        i += 1
+    """
+)
+
+
+@pytest.mark.slow
+def test_checks_while_another_process_commits_or_is_killed_claim_no_loss(spool_path: str) -> None:
+    """A live writer's commits are never mistaken for lost frames, nor is a writer
+    killed mid-commit (SIGKILL) while its WAL is checked afterwards."""
+    for _ in range(3):
+        with subprocess.Popen(
+            [sys.executable, "-c", _WRITE_FOREVER, spool_path], stdout=subprocess.PIPE, text=True
+        ) as writer:
+            assert writer.stdout is not None and writer.stdout.readline() == "ready\n"
+            try:
+                for _ in range(20):
+                    opened = open_spool(spool_path, wal_pages=1000, busy_timeout=1.0, check=True)
+                    opened.conn.close()
+                    assert (opened.lost, opened.lost_transactions) == (0, 0)
+            finally:
+                writer.kill()
+        opened = open_spool(spool_path, wal_pages=1000, busy_timeout=1.0, check=True)
+        opened.conn.close()
+        assert (opened.lost, opened.lost_transactions) == (0, 0)
