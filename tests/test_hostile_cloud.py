@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -20,6 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import httpx
 import pytest
 
 from spooler.client import CloudClient
@@ -155,7 +158,10 @@ stall_upload.reads_body = False  # type: ignore[attr-defined]
 class HostileCloud:
     """An HTTP/1.1 server on 127.0.0.1 answering each request with the next script."""
 
-    def __init__(self, *scripts: Script, then: Script = answer_ok) -> None:
+    def __init__(
+        self, *scripts: Script, then: Script = answer_ok, tls: ssl.SSLContext | None = None
+    ) -> None:
+        self._tls = tls
         self._scripts = list(scripts)
         self._then = then
         self.closing = threading.Event()
@@ -167,7 +173,8 @@ class HostileCloud:
         self._threads: list[threading.Thread] = []
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.settimeout(0.1)
-        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{self._listener.getsockname()[1]}"
         self._acceptor = threading.Thread(target=self._accept, name="hostile.accept", daemon=True)
         self._acceptor.start()
 
@@ -216,6 +223,10 @@ class HostileCloud:
 
     def _serve(self, conn: socket.socket) -> None:
         try:
+            if self._tls is not None:
+                conn = self._tls.wrap_socket(conn, server_side=True)  # takes the descriptor over
+                with self._arrived:
+                    self._conns.append(conn)
             while not self.closing.is_set():
                 data = b""
                 while b"\r\n\r\n" not in data:
@@ -244,8 +255,8 @@ class HostileCloud:
 def hostile() -> Iterator[Callable[..., HostileCloud]]:
     made: list[HostileCloud] = []
 
-    def make(*scripts: Script, then: Script = answer_ok) -> HostileCloud:
-        cloud = HostileCloud(*scripts, then=then)
+    def make(*scripts: Script, **options: Any) -> HostileCloud:
+        cloud = HostileCloud(*scripts, **options)
         made.append(cloud)
         return cloud
 
@@ -483,6 +494,66 @@ def test_abort_while_a_2xx_body_trickles_returns_as_accepted(
 
     assert raised is None
     assert returned_at - aborted_at[0] < MARGIN
+
+
+# -- TLS -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A self-signed certificate for 127.0.0.1: the server's context, and a client's trusting it."""
+    openssl = shutil.which("openssl")
+    if openssl is None:  # pragma: no cover - present wherever the suite runs
+        pytest.skip("the openssl command makes the test certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert, key)
+    return server, ssl.create_default_context(cafile=str(cert))
+
+
+@pytest.mark.parametrize("stop", ["abort", "deadline"])
+def test_a_request_blocked_inside_tls_is_cut(
+    hostile: Callable[..., HostileCloud],
+    make_client: Callable[..., CloudClient],
+    certificate: tuple[ssl.SSLContext, ssl.SSLContext],
+    stop: str,
+) -> None:
+    """Attacks the TLS layer: a request waiting in an SSL read on a server that hangs is cut by
+    abort() (within a second) or by the deadline, and the next request gets a new TLS connection."""
+    server_tls, client_tls = certificate
+    cloud = hostile(hang, tls=server_tls)
+    deadline = 60.0 if stop == "abort" else DEADLINE
+    transport = httpx.HTTPTransport(verify=client_tls)
+    client = make_client(cloud, deadline=deadline, transport=transport)
+    started = time.monotonic()
+    cut_at = [started + deadline]
+
+    def stopper() -> None:
+        if cloud.wait_for_requests(1):
+            cut_at[0] = time.monotonic()
+            client.abort()
+
+    thread = threading.Thread(target=stopper)
+    if stop == "abort":
+        thread.start()
+    _, raised = timed(lambda: send(client))
+    returned_at = time.monotonic()
+    if stop == "abort":
+        thread.join(5.0)
+
+    expected = "POST /events aborted" if stop == "abort" else "POST /events abandoned at the 1.5 s"
+    assert str(raised).startswith(expected)
+    assert returned_at - cut_at[0] < MARGIN
+    send(client)
+    assert (cloud.requests, cloud.connections) == (2, 2)
 
 
 # -- end to end: the ship command ----------------------------------------------------------
