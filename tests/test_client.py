@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import ssl
+import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
@@ -27,6 +29,7 @@ from spooler.errors import (
     TransientDeliveryError,
 )
 from spooler.receiver import Faults, Receiver
+from tests.conftest import wait_for
 
 KEY = "sk_test_S3CRET_d41d8cd98f00b204"
 WRONG_KEY = "sk_test_WR0NG_e9800998ecf8427e"
@@ -161,6 +164,121 @@ def test_unusable_key_is_refused_up_front(key: str) -> None:
     assert caught.value.option == "api_key"
     if key:
         assert key not in str(caught.value)
+
+
+# Deadline machinery: zero impact until used, one watchdog per client
+
+
+def _watchdogs() -> int:
+    return sum(1 for t in threading.enumerate() if t.name == "spooler.client.deadline")
+
+
+def test_nothing_is_opened_before_the_first_request(receiver: Receiver) -> None:
+    """A client aborted and closed without sending opens no file or socket and starts no thread."""
+    fds = len(os.listdir("/proc/self/fd"))
+    threads = threading.active_count()
+
+    client = CloudClient(api_key=KEY, endpoint=receiver.url)
+    client.abort()
+    opened = (len(os.listdir("/proc/self/fd")) - fds, threading.active_count() - threads)
+    client.close()
+
+    assert opened == (0, 0)
+
+
+def test_one_watchdog_thread_serves_every_request_and_stops_at_close(
+    receiver: Receiver, client: CloudClient
+) -> None:
+    """Many requests start one watchdog thread, not one each; close() ends it."""
+    before = _watchdogs()
+    for i in range(30):
+        client.send_entries([entry(f"e{i}")], idempotency_key=f"k{i}")
+
+    running = _watchdogs() - before
+    client.close()
+
+    assert running == 1
+    assert wait_for(lambda: _watchdogs() == before, timeout=5.0)
+
+
+def test_abort_between_requests_leaves_the_next_one_alone(
+    receiver: Receiver, client: CloudClient
+) -> None:
+    """abort() with nothing in flight only drops idle connections: the next request goes through."""
+    client.send_entries([entry("e1")], idempotency_key="k1")
+    client.abort()
+    client.send_entries([entry("e2")], idempotency_key="k2")
+
+    assert receiver.entry_ids() == ["e1", "e2"]
+
+
+def test_a_closed_client_cannot_send(client: CloudClient) -> None:
+    """After close() a request is a programming error (RuntimeError), not a delivery failure."""
+    client.close()
+
+    with pytest.raises(RuntimeError):
+        client.send_heartbeat({"type": "heartbeat"})
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("deadline", 0),
+        ("deadline", -1.0),
+        ("deadline", float("nan")),
+        ("deadline", float("inf")),
+        ("max_response_bytes", -1),
+        ("max_response_bytes", 1.5),
+    ],
+)
+def test_unusable_deadline_or_bound_is_refused(option: str, value: Any) -> None:
+    """A deadline that is not a positive finite number, or a negative bound, is a ConfigError."""
+    with pytest.raises(ConfigError) as caught:
+        CloudClient(api_key=KEY, endpoint="http://127.0.0.1:9", **{option: value})
+
+    assert caught.value.option == option
+
+
+class _EndlessBody(httpx.SyncByteStream):
+    """A response body that never ends; counts what was pulled from it."""
+
+    def __init__(self) -> None:
+        self.pulled = 0
+        self.closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            self.pulled += 4096
+            yield b"x" * 4096
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize(("status", "expected"), [(200, None), (503, TransientDeliveryError)])
+def test_an_endless_body_is_read_up_to_the_bound_and_the_status_decides(
+    status: int, expected: type[DeliveryError] | None
+) -> None:
+    """At most max_response_bytes (plus one chunk) of a body are read, then it is closed; the
+    status alone classifies the answer (a 2xx is accepted, a 503 keeps its Retry-After)."""
+    body = _EndlessBody()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, headers={"Retry-After": "7"}, stream=body)
+
+    transport = httpx.MockTransport(handler)
+    with CloudClient(
+        api_key=KEY, endpoint="https://api.example", transport=transport, max_response_bytes=10_000
+    ) as client:
+        if expected is None:
+            client.send_entries([entry("e1")], idempotency_key="k")
+        else:
+            with pytest.raises(expected) as caught:
+                client.send_entries([entry("e1")], idempotency_key="k")
+            assert caught.value.retry_after == 7.0  # type: ignore[attr-defined]
+
+    assert 10_000 < body.pulled <= 10_000 + 4096
+    assert body.closed
 
 
 # Failures through the real receiver
