@@ -409,6 +409,8 @@ class _InFlight:
 
     def abort(self) -> None:
         """Cut every request in flight and every connection; lock-free (see the class)."""
+        if self._pid != os.getpid():
+            return  # what is registered belongs to the parent process (see _after_fork)
         for flight in self._flights:
             if flight.cut is None:
                 flight.cut = _ABORTED
@@ -419,6 +421,8 @@ class _InFlight:
 
     def close(self) -> None:
         """Stop the watchdog thread."""
+        if self._pid != os.getpid():
+            self._after_fork()
         with self._wakeup:
             self._closed = True
             self._wakeup.notify()

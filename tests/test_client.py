@@ -212,6 +212,26 @@ def test_abort_between_requests_leaves_the_next_one_alone(
     assert receiver.entry_ids() == ["e1", "e2"]
 
 
+def test_abort_in_a_forked_child_leaves_the_parents_connection_alone(
+    receiver: Receiver, client: CloudClient
+) -> None:
+    """A child's abort() does not shut down the socket it shares with its parent."""
+    client.send_entries([entry("e1")], idempotency_key="k1")
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            client.abort()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    client.send_entries([entry("e2")], idempotency_key="k2")
+
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert {r["connection"] for r in receiver.requests()} == {1}
+
+
 def test_a_closed_client_cannot_send(client: CloudClient) -> None:
     """After close() a request is a programming error (RuntimeError), not a delivery failure."""
     client.close()
