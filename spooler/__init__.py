@@ -26,6 +26,7 @@ from spooler.errors import (
     SpoolerError,
     SpoolError,
     TransientDeliveryError,
+    UnsafeSpoolError,
 )
 from spooler.reporter import (
     Reporter,
@@ -65,6 +66,7 @@ __all__ = [
     "SpoolStats",
     "SpoolerError",
     "TransientDeliveryError",
+    "UnsafeSpoolError",
     "__version__",
     "build_entry",
     "configure",

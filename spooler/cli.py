@@ -14,7 +14,7 @@ from typing import Any
 
 from spooler._version import __version__
 from spooler.config import ENV_VARS, Config
-from spooler.errors import ConfigError, ShipperLockedError
+from spooler.errors import ConfigError, ShipperLockedError, SpoolError
 
 __all__ = ["main"]
 
@@ -39,6 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except ConfigError as exc:
         print(f"spooler: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except SpoolError as exc:  # an unsafe or unreadable spool: one line, no traceback
+        print(f"spooler: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
 
@@ -82,13 +85,21 @@ def _cmd_ship(args: argparse.Namespace) -> int:
     if not backoff_max > 0:
         print("spooler ship: --backoff-max must be a positive number of seconds", file=sys.stderr)
         return EXIT_USAGE
-    shipper = Shipper(config, max_attempts=max_attempts, backoff_max=backoff_max)
+    try:
+        shipper = Shipper(config, max_attempts=max_attempts, backoff_max=backoff_max)
+    except SpoolError as exc:  # an unsafe spool file or folder
+        print(f"spooler ship: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         shipper.lock.acquire()
     except ShipperLockedError as exc:
         print(f"spooler ship: {exc}; exiting", file=sys.stderr)
         shipper.close()
         return EXIT_LOCKED
+    except SpoolError as exc:
+        print(f"spooler ship: {exc}", file=sys.stderr)
+        shipper.close()
+        return EXIT_USAGE
 
     def on_signal(signum: int, _frame: object) -> None:
         logger.info(

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from spooler import hooks
 from spooler.config import Config
-from spooler.errors import SpoolBusyError
+from spooler.errors import SpoolBusyError, SpoolError
 from spooler.serializer import build_entry, load_schemas, schema_fingerprint
 from spooler.spool import Spool, encode_row
 
@@ -84,6 +84,7 @@ class Reporter:
         self._spool: Spool | None = None  # the writer thread's connection
         self._host_spool: Spool | None = None  # immediate mode: the host threads' connection
         self._started_at = time.monotonic()
+        self._ready = threading.Event()  # the writer thread has opened (and checked) the spool
         self._writer: threading.Thread | None = None
         self._shipper: Shipper | None = None
         self._closed = False
@@ -129,8 +130,9 @@ class Reporter:
             self._started_at = time.monotonic()
             # Opened on first use by the writer thread, which runs quick_check
             # and the checkpoints, so the host's thread never pays for either.
+            self._ready = threading.Event()
             self._spool = Spool.from_config(
-                self.config, busy_timeout=WRITER_BUSY_TIMEOUT, lazy=True
+                self.config, busy_timeout=WRITER_BUSY_TIMEOUT, lazy=True, quick_check=False
             )
             if self._immediate:
                 self._host_spool = Spool.from_config(
@@ -167,7 +169,10 @@ class Reporter:
             if self._shipper is None:
                 from spooler.shipper import Shipper
 
-                self._shipper = Shipper(self.config, started_at=self._started_at)
+                # The writer thread quick_checks the file; no need to do it twice.
+                self._shipper = Shipper(
+                    self.config, started_at=self._started_at, quick_check=False
+                )
             if not self._shipper.running:
                 self._shipper.start()
         except Exception:
@@ -194,6 +199,8 @@ class Reporter:
         if writer is not None and writer is not threading.current_thread():
             writer.join(1.0)
         self._flush_buffer(timeout=WRITER_BUSY_TIMEOUT)
+        if self._shipper is None:
+            self._shipper = self._final_shipper()
         empty = True
         if self._shipper is not None:
             empty = self._shipper.stop(flush_timeout=timeout, join_timeout=0.5)
@@ -204,6 +211,26 @@ class Reporter:
                 empty = empty and self._spool.peek(1)[0] == 0
             self._spool.close()
         return empty
+
+    def _final_shipper(self) -> Shipper | None:
+        """A process that exits before its writer thread got to start the shipper still
+        delivers at exit, if it can take the ship lock (no thread is started)."""
+        if not self.config.ship_in_process:
+            return None
+        try:
+            from spooler.shipper import Shipper
+
+            shipper = Shipper(
+                self.config, started_at=self._started_at, quick_check=False, watch=False
+            )
+        except Exception:
+            return None
+        try:
+            shipper.lock.acquire()
+        except Exception:
+            shipper.close()
+            return None
+        return shipper
 
     # -- the hot path ------------------------------------------------------------
 
@@ -263,6 +290,10 @@ class Reporter:
             host = self._host_spool
             if host is not None:
                 deadline = time.monotonic() + IMMEDIATE_TIMEOUT
+                if not self._ready.is_set():
+                    # The first calls of a process wait for the writer thread's open, so
+                    # rows a damaged WAL lost are counted before any id is handed out again.
+                    self._ready.wait(IMMEDIATE_TIMEOUT)
                 if host.append_now(encode_row(entry), deadline=deadline):
                     shipper = self._shipper
                     if shipper is not None:
@@ -293,13 +324,34 @@ class Reporter:
 
     # -- the writer thread ---------------------------------------------------------
 
-    def _write_loop(self) -> None:
+    def _open_here(self) -> None:
+        """The writer thread's first job: open the spool (counting what a damaged WAL
+        lost, before any write), let the host's threads in, then quick_check it."""
+        spool = self._spool
+        if spool is None:
+            return
         try:
-            if self._spool is not None:
-                self._spool.ensure_open()  # quick_check here, never on the host's thread
+            spool.ensure_open()
+        except SpoolError as exc:
+            logger.error("spooler cannot use its spool: %s", exc)
+            return
         except Exception:
             logger.exception("spooler could not open its spool; will try again")
+            return
+        finally:
+            self._ready.set()
         self._try_ship()
+        try:
+            if not spool.verify():
+                shipper = self._shipper
+                for other in (self._host_spool, shipper.spool if shipper else None):
+                    if other is not None:
+                        other.request_reopen()
+        except Exception:
+            logger.exception("spooler could not check its spool")
+
+    def _write_loop(self) -> None:
+        self._open_here()
         while not self._stop.is_set():
             try:
                 self._wake.wait(GROUP_WAIT)

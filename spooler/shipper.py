@@ -18,14 +18,12 @@ retrying in step. A ``Retry-After`` answer is honoured when it asks for longer.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import threading
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,8 +39,10 @@ from spooler.errors import (
     PermanentDeliveryError,
     RejectedError,
     ShipperLockedError,
+    SpoolError,
     TransientDeliveryError,
 )
+from spooler.lock import ShipperLock
 from spooler.serializer import build_heartbeat, load_schemas
 from spooler.spool import Spool, SpoolRow, iso_epoch, now_iso
 
@@ -53,78 +53,6 @@ logger = logging.getLogger(__name__)
 BACKOFF_INITIAL = 0.5  # seconds; the first wait is uniform in [0, 2 * BACKOFF_INITIAL]
 BACKOFF_MAX = 60.0  # seconds; also the interval between probes while the key is refused
 _WATCH_TIMEOUT_MS = 1000  # the watcher reports it is in place within this long
-
-
-class ShipperLock:
-    """An exclusive, non-blocking ``flock`` on ``<spool>.ship.lock``.
-
-    The kernel drops it when the holder dies (even by SIGKILL), so another
-    process can take over at once.
-    """
-
-    def __init__(self, spool_path: str) -> None:
-        self.path = spool_path + ".ship.lock"
-        self._fd: int | None = None
-        self._pid = os.getpid()
-
-    def acquire(self) -> None:
-        """Take the lock or raise :class:`ShipperLockedError` naming the holder."""
-        if self.held:
-            # flock conflicts between two descriptors of one process: a second
-            # open+flock here would refuse our own lock (``ship`` takes it, then run()).
-            return
-        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = None
-            with contextlib.suppress(OSError, ValueError):
-                holder = int(os.pread(fd, 32, 0).decode().strip() or 0) or None
-            os.close(fd)
-            raise ShipperLockedError(self.path, holder) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
-        self._pid = os.getpid()
-        _held_locks.add(self)
-
-    def release(self) -> None:
-        """Let another shipper take over."""
-        fd, self._fd = self._fd, None
-        if fd is None:
-            return
-        if self._pid == os.getpid():
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)
-            with contextlib.suppress(OSError):
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        # In a forked child only close our copy: an explicit unlock would
-        # release the parent's lock, since both share one open file.
-        with contextlib.suppress(OSError):
-            os.close(fd)
-
-    @property
-    def held(self) -> bool:
-        """Whether this process holds the lock."""
-        return self._fd is not None and self._pid == os.getpid()
-
-    def _drop_after_fork(self) -> None:
-        if self._fd is not None and self._pid != os.getpid():
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = None
-
-
-_held_locks: weakref.WeakSet[ShipperLock] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for lock in list(_held_locks):
-        lock._drop_after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @dataclass
@@ -185,12 +113,15 @@ class Shipper:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         started_at: float | None = None,
+        quick_check: bool = True,
     ) -> None:
         if not config.api_key:
             raise ValueError("a Shipper needs config.api_key")
         self.config = config
         self._own_spool = spool is None
-        self.spool = spool or Spool.from_config(config, busy_timeout=1.0)
+        self.spool = spool or Spool.from_config(
+            config, busy_timeout=1.0, quick_check=quick_check
+        )
         self._client = client
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -235,6 +166,9 @@ class Shipper:
             self.lock.acquire()
         except ShipperLockedError as exc:
             logger.debug("not shipping in this process: %s", exc)
+            return False
+        except SpoolError as exc:  # an unsafe lock file, or the holder's pid unwritable
+            logger.error("not shipping in this process: %s", exc)
             return False
         self._stop.clear()
         self._start_watcher()
@@ -573,6 +507,8 @@ class Shipper:
                 if not current:
                     raise _Gone
             body, key = self._body(current)
+            if not final and self._stop.is_set():
+                raise _Stopped  # a stop between the checks and the send: do not start it
             self.client.send_entries_json(body, count=len(current), idempotency_key=key)
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
@@ -596,7 +532,9 @@ class Shipper:
         try:
             retrying(attempt)
         except _Stopped:
-            raise failures[-1] from None
+            if failures:
+                raise failures[-1] from None
+            raise TransientDeliveryError("stopped before sending", status=None) from None
         return current
 
     def _sleep(self, seconds: float) -> None:

@@ -37,8 +37,10 @@ from spooler.spoolfile import (
     SCHEMA_VERSION,
     is_full,
     now_iso,
-    open_db,
+    open_spool,
+    quarantine,
     spool_files,
+    verify,
 )
 from spooler.stats import SpoolStats, collect_stats, iso_epoch, read_stats
 
@@ -163,6 +165,7 @@ class Spool:
         lazy: bool = False,
         checkpoints: bool = True,
         on_wal_full: Callable[[], object] | None = None,
+        quick_check: bool | None = None,
     ) -> None:
         self.path = os.path.abspath(os.fspath(path))
         self.max_bytes = int(max_bytes)
@@ -189,6 +192,10 @@ class Spool:
         self._pid = os.getpid()
         self.spool_id: str | None = None
         self._check = check
+        self._quick = check if quick_check is None else quick_check
+        self._reopen = False
+        #: Entries a damaged WAL had lost, found (and counted as ``lost``) at open.
+        self.lost_at_open = 0
         self._closed = False
         self._conn: sqlite3.Connection | None = None
         _LIVE.add(self)
@@ -203,9 +210,15 @@ class Spool:
         return cls(config.spool_path, max_bytes=config.spool_max_bytes, **kwargs)
 
     def _open(self, *, check: bool) -> sqlite3.Connection:
-        conn, self.spool_id = open_db(
-            self.path, wal_pages=self._wal_pages, busy_timeout=self.busy_timeout, check=check
+        opened = open_spool(
+            self.path,
+            wal_pages=self._wal_pages,
+            busy_timeout=self.busy_timeout,
+            check=check,
+            quick_check=check and self._quick,
         )
+        conn, self.spool_id = opened.conn, opened.spool_id
+        self.lost_at_open += opened.lost
         try:
             self._apply_cap(conn)
             if not self.checkpoints:
@@ -221,6 +234,26 @@ class Spool:
         """Open the file now (with ``quick_check`` if this spool checks) if not yet open."""
         with self._locked(_OPEN_WAIT):
             pass
+
+    def verify(self) -> bool:
+        """``PRAGMA quick_check`` the open file (O(size): never on the host's thread).
+
+        A damaged file is moved aside with its -wal and -shm and a fresh spool
+        opened in its place. Returns True when the file was healthy.
+        """
+        with self._locked(_OPEN_WAIT) as conn:
+            problem = verify(conn)
+            if problem is None:
+                return True
+            conn.close()
+            self._conn = None
+            quarantine(self.path, problem)
+            self._conn = self._open(check=False)
+        return False
+
+    def request_reopen(self) -> None:
+        """Open the file anew on next use (another connection moved a damaged one aside)."""
+        self._reopen = True
 
     def _apply_cap(self, conn: sqlite3.Connection) -> None:
         got = conn.execute(f"PRAGMA max_page_count = {self._max_pages}").fetchone()[0]
@@ -254,6 +287,10 @@ class Spool:
         if not self._lock.acquire(timeout=wait):
             raise SpoolBusyError("spool is busy in this process")
         try:
+            if self._reopen and self._conn is not None:
+                self._reopen = False
+                self._conn.close()
+                self._conn = None
             if self._conn is None:
                 if self._closed:
                     raise SpoolError("spool is closed")

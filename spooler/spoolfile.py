@@ -66,13 +66,15 @@ __all__ = [
     "is_full",
     "open_db",
     "open_spool",
+    "quarantine",
     "require_own_file",
     "spool_files",
+    "verify",
 ]
 
 logger = logging.getLogger("spooler.spool")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: spool_counters lists every counter, zeros included
 PAGE_SIZE = 4096
 #: ``PRAGMA application_id`` of every spool ("SPLR"); older spools get it at their next open.
 APPLICATION_ID = 0x53504C52
@@ -96,6 +98,7 @@ COUNTER_NAMES = (
     "dropped",
     "dead_lettered",
     "lost",
+    "dead_letters_evicted",
     "publish_batches",
     "publish_batch_events",
 )
@@ -124,12 +127,23 @@ CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT
 );
-CREATE VIEW IF NOT EXISTS spool_counters AS
+"""
+
+_STORED_COUNTERS = ", ".join(f"('{name}')" for name in COUNTER_NAMES if name != "appended")
+# Every counter, zeros included, in status order; then any other the table holds.
+_COUNTERS_VIEW = f"""
+DROP VIEW IF EXISTS spool_counters;
+CREATE VIEW spool_counters AS
     SELECT 'appended' AS name,
            COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'entries'), 0) AS value
     UNION ALL SELECT 'waiting', (SELECT count(*) FROM entries)
     UNION ALL SELECT 'dead_letters_kept', (SELECT count(*) FROM dead_letters)
-    UNION ALL SELECT name, value FROM counters;
+    UNION ALL SELECT * FROM (
+        SELECT n.column1, COALESCE(c.value, 0)
+        FROM (VALUES {_STORED_COUNTERS}) AS n LEFT JOIN counters AS c ON c.name = n.column1
+    )
+    UNION ALL SELECT name, value FROM counters
+        WHERE name NOT IN (SELECT column1 FROM (VALUES {_STORED_COUNTERS}));
 """
 
 _NETWORK_FS = {
@@ -204,7 +218,14 @@ def open_db(
     return opened.conn, opened.spool_id
 
 
-def open_spool(path: str, *, wal_pages: int, busy_timeout: float, check: bool) -> OpenedSpool:
+def open_spool(
+    path: str,
+    *,
+    wal_pages: int,
+    busy_timeout: float,
+    check: bool,
+    quick_check: bool | None = None,
+) -> OpenedSpool:
     """Open (creating if needed) the spool at ``path``.
 
     Raises :class:`~spooler.errors.UnsafeSpoolError` for a link, a file of
@@ -212,7 +233,10 @@ def open_spool(path: str, *, wal_pages: int, busy_timeout: float, check: bool) -
     module docstring). ``check`` runs ``PRAGMA quick_check`` on an existing
     file and counts committed transactions a damaged WAL lost. A file that is
     not a database or fails the check is moved aside and a fresh spool starts.
+    ``quick_check=False`` leaves out the O(size) ``quick_check`` but still counts
+    what the WAL lost (run :func:`verify` later, off the host's thread).
     """
+    quick = check if quick_check is None else quick_check
     absolute = os.path.abspath(path)
     folder = ensure_folder(os.path.dirname(absolute))
     _warn_network_fs(folder)
@@ -220,14 +244,34 @@ def open_spool(path: str, *, wal_pages: int, busy_timeout: float, check: bool) -
     # checks and SQLite's open.
     real = os.path.join(folder, os.path.basename(absolute))
     try:
-        return _connect(real, wal_pages=wal_pages, busy_timeout=busy_timeout, check=check)
+        return _connect(
+            real, wal_pages=wal_pages, busy_timeout=busy_timeout, check=check, quick=quick
+        )
     except sqlite3.DatabaseError as exc:
         if not is_corrupt(exc):
             raise
         # Only reached for a regular file of this user with one link in a private
         # folder: _prepare refused anything else before SQLite saw it.
         _quarantine(real, str(exc))
-        return _connect(real, wal_pages=wal_pages, busy_timeout=busy_timeout, check=False)
+        return _connect(
+            real, wal_pages=wal_pages, busy_timeout=busy_timeout, check=False, quick=False
+        )
+
+
+def verify(conn: sqlite3.Connection) -> str | None:
+    """``PRAGMA quick_check`` on an open spool: None when healthy, else what it found."""
+    try:
+        result = conn.execute("PRAGMA quick_check").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        if not is_corrupt(exc):
+            raise
+        return str(exc)
+    return None if result == "ok" else str(result)[:200]
+
+
+def quarantine(path: str, reason: str) -> None:
+    """Move a damaged spool aside with its -wal and -shm (the caller closed it)."""
+    _quarantine(path, reason)
 
 
 def ensure_folder(folder: str) -> str:
@@ -304,7 +348,9 @@ def _lstat_own(path: str) -> os.stat_result | None:
     return st
 
 
-def _connect(path: str, *, wal_pages: int, busy_timeout: float, check: bool) -> OpenedSpool:
+def _connect(
+    path: str, *, wal_pages: int, busy_timeout: float, check: bool, quick: bool
+) -> OpenedSpool:
     fresh = _prepare(path)
     # Read before SQLite opens the file: its recovery decides which frames count.
     wal = read_wal(path + "-wal") if check and not fresh else None
@@ -323,7 +369,7 @@ def _connect(path: str, *, wal_pages: int, busy_timeout: float, check: bool) -> 
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute(f"PRAGMA wal_autocheckpoint = {wal_pages}")
         conn.execute(f"PRAGMA journal_size_limit = {wal_pages * PAGE_SIZE}")
-        if check and not fresh:
+        if quick and not fresh:
             result = conn.execute("PRAGMA quick_check").fetchone()[0]
             if result != "ok":
                 raise _CorruptError(f"quick_check: {str(result)[:200]}")
@@ -427,12 +473,27 @@ _SCHEMA_META = (
 
 def _create_schema(conn: sqlite3.Connection) -> None:
     """The tables, a new spool id and the version stamps; inside the caller's transaction."""
-    for statement in _SCHEMA.split(";\n"):
+    for statement in (_SCHEMA + _COUNTERS_VIEW).split(";\n"):
         if statement.strip():
             conn.execute(statement)
     conn.execute(_SCHEMA_META, (uuid.uuid4().hex, now_iso(), str(SCHEMA_VERSION)))
     conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a spool written by an older spooler to this schema (in one transaction)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            for statement in _COUNTERS_VIEW.split(";\n"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def _init_schema(conn: sqlite3.Connection, path: str) -> str | None:
@@ -450,6 +511,8 @@ def _init_schema(conn: sqlite3.Connection, path: str) -> str | None:
         raise SpoolError(
             f"{path} has schema version {version}; this spooler reads {SCHEMA_VERSION}"
         )
+    elif version < SCHEMA_VERSION:
+        _migrate(conn)
     elif conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
         conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")  # a spool from before it
     row = conn.execute("SELECT value FROM meta WHERE key = 'spool_id'").fetchone()

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from spooler.errors import UnsafeSpoolError
 from spooler.spoolfile import COUNTER_NAMES, spool_files
 
 __all__ = ["SpoolStats", "collect_stats", "iso_epoch", "read_stats"]
@@ -114,6 +115,8 @@ def read_stats(path: str | os.PathLike[str], *, max_bytes: int = 0) -> SpoolStat
     p = os.path.abspath(os.fspath(path))
     if not os.path.exists(p):
         raise FileNotFoundError(p)
+    if os.path.islink(p):
+        raise UnsafeSpoolError(p, f"{p} is a symbolic link; spooler never reads through one")
     conn = sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=5.0, isolation_level=None)
     try:
         return collect_stats(conn, p, max_bytes)

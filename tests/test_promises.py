@@ -488,13 +488,20 @@ def test_the_hosts_thread_never_runs_quick_check_or_checkpoints(
     import spooler.spool as spool_module
 
     opened: list[tuple[str, bool]] = []
-    real_open_db = spool_module.open_db
+    verified: list[str] = []
+    real_open, real_verify = spool_module.open_spool, spool_module.verify
 
-    def recording_open_db(*args: Any, **kwargs: Any) -> Any:
-        opened.append((threading.current_thread().name, kwargs["check"]))
-        return real_open_db(*args, **kwargs)
+    def recording_open(*args: Any, **kwargs: Any) -> Any:
+        quick = kwargs["check"] and kwargs["quick_check"] is not False
+        opened.append((threading.current_thread().name, quick))
+        return real_open(*args, **kwargs)
 
-    monkeypatch.setattr(spool_module, "open_db", recording_open_db)
+    def recording_verify(conn: sqlite3.Connection) -> Any:
+        verified.append(threading.current_thread().name)
+        return real_verify(conn)
+
+    monkeypatch.setattr(spool_module, "open_spool", recording_open)
+    monkeypatch.setattr(spool_module, "verify", recording_verify)
     Spool(spool_path).close()  # an existing spool: quick_check would run on it
     opened.clear()
     reporter = spooler.configure(
@@ -502,7 +509,7 @@ def test_the_hosts_thread_never_runs_quick_check_or_checkpoints(
     )
     reporter.start()
     assert reporter.track_emit(event(1))
-    assert wait_for(lambda: ("spooler.writer", True) in opened)
+    assert wait_for(lambda: verified == ["spooler.writer"])
     host = threading.current_thread().name
     assert (host, True) not in opened and (host, False) in opened
     with closing(sqlite3.connect(spool_path)) as conn:
