@@ -42,11 +42,11 @@ counted (``lost``), ``entries``' AUTOINCREMENT sequence is moved past them so no
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import sqlite3
 import stat
+import threading
 import urllib.parse
 import uuid
 from dataclasses import dataclass
@@ -81,7 +81,8 @@ APPLICATION_ID = 0x53504C52
 # SQLite result codes (sqlite3 exposes them only from Python 3.11).
 _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_NOTADB = 11, 13, 26
 _OPEN_TIMEOUT = 2.0
-_SQLITE_MAGIC = b"SQLite format 3\x00"
+# Held while a new database file is created and its descriptor closed again.
+_CREATING = threading.Lock()
 _SPOOL_TABLES = frozenset({"entries", "dead_letters", "counters", "meta"})
 _COMPANIONS = ("-wal", "-shm", "-journal")
 _BUMP = (
@@ -384,69 +385,62 @@ def _connect(
 
 def _prepare(path: str) -> bool:
     """Check the spool's files and create the database 0600 (so its -wal and -shm
-    inherit the mode); True when it was created now."""
+    inherit the mode); True when it was created now.
+
+    An existing database is never opened with ``os.open`` here: closing that
+    descriptor would drop every POSIX lock this process's SQLite connections hold
+    on the file (sqlite.org/howtocorrupt.html, 2.2), and another process could
+    then take the spool for unused, checkpoint and delete its WAL under us.
+    SQLite itself reads the header (its VFS keeps such descriptors open).
+    """
     for suffix in _COMPANIONS:
         _lstat_own(path + suffix)
     for _ in range(3):
-        try:
-            # O_EXCL also refuses a link, a dangling one included.
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            os.close(fd)
-            return True
+        with _CREATING:
+            try:
+                # O_EXCL also refuses a link, a dangling one included.
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW, 0o600)
+            except FileExistsError:
+                pass
+            else:
+                # No connection can have this inode yet: this close drops nothing.
+                os.close(fd)
+                return True
         st = _lstat_own(path)
         if st is None:
             continue  # moved aside by another process meanwhile
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                require_own_file(path, os.lstat(path))  # raises: it became a link
-            raise
-        try:
-            now = os.fstat(fd)
-            header = os.pread(fd, 100, 0)
-        finally:
-            os.close(fd)
-        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
-            raise UnsafeSpoolError(path, f"{path} was replaced while spooler checked it")
-        _identify(path, header)
+        _identify(path, st)
         return False
     raise SpoolError(f"{path} kept disappearing while spooler opened it")
 
 
-def _identify(path: str, header: bytes) -> None:
+def _identify(path: str, st: os.stat_result) -> None:
     """Raise unless the database file is a spool, an empty database, or not a database."""
-    if not header:
+    if st.st_size == 0:
         return  # empty: a spool being created, or one that never got its schema
-    if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
-        raise _CorruptError("file is not a database")
-    app_id = int.from_bytes(header[68:72], "big")
-    if app_id == APPLICATION_ID:
-        return
-    if app_id:
-        raise _foreign(path, app_id, None, None)
-    # The header may be older than the WAL (a spool created just before a hard
-    # exit): ask SQLite, read-only. immutable=1 creates no -wal/-shm beside a
-    # WAL-mode file that has none, i.e. that nobody has open.
-    nobody_has_it = header[18] == 2 and not os.path.exists(path + "-wal")
-    mode = "immutable=1" if nobody_has_it else "mode=ro"
+    # Read-only through SQLite. immutable=1 creates no -wal/-shm beside a file
+    # that has none, i.e. that nobody has open in WAL mode.
+    mode = "mode=ro" if os.path.exists(path + "-wal") else "immutable=1"
     uri = f"file:{urllib.parse.quote(path)}?{mode}"
     conn = sqlite3.connect(uri, uri=True, timeout=_OPEN_TIMEOUT)
     try:
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        if app_id == APPLICATION_ID:
+            return
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError as exc:
+        if is_corrupt(exc):
+            raise _CorruptError(str(exc)) from None
+        raise
     finally:
         conn.close()
+    if app_id:
+        raise _foreign(path, app_id, None, None)
     tables.discard("sqlite_sequence")
-    if app_id == APPLICATION_ID or (app_id == 0 and version == 0 and not tables):
+    if version == 0 and not tables:
         return
-    if app_id == 0 and version >= 1 and tables >= _SPOOL_TABLES:
+    if version >= 1 and tables >= _SPOOL_TABLES:
         return  # a spool from before application_id; stamped by _init_schema
     raise _foreign(path, app_id, version, sorted(tables))
 

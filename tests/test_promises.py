@@ -514,3 +514,31 @@ def test_the_hosts_thread_never_runs_quick_check_or_checkpoints(
     assert (host, True) not in opened and (host, False) in opened
     with closing(sqlite3.connect(spool_path)) as conn:
         assert conn.execute("SELECT count(*) FROM entries").fetchone()[0] == 1
+
+
+def test_opening_the_spool_again_keeps_this_processes_sqlite_locks(spool_path: str) -> None:
+    """A second open in a process (the shipper beside the writer) must not drop the POSIX
+    locks the first connection holds: otherwise another process closing its connection
+    thinks it is the last one and deletes the WAL under us, losing committed rows."""
+    first = Spool(spool_path)
+    first.append_many([make_entry(i) for i in range(50)])
+    second = Spool(spool_path)
+    try:
+        other = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+                "c.execute('SELECT count(*) FROM entries').fetchone(); c.close()",
+                spool_path,
+            ],
+            timeout=30,
+        )
+        assert other.returncode == 0
+        # Our connections are open: nobody may have checkpointed and removed the WAL.
+        assert os.path.exists(spool_path + "-wal")
+        assert first.append_many([make_entry(i) for i in range(50, 60)]) == 10
+    finally:
+        second.close()
+        first.close()
+    assert spooled_ids(spool_path) == list(range(60))
