@@ -607,6 +607,11 @@ class Spool:
         return self._evict(conn, max(1, want // per_row))
 
     def _evict(self, conn: sqlite3.Connection, n: int) -> int:
+        # Kept dead letters (already counted, never resent) make room before rows
+        # that still wait to be delivered.
+        removed = self._evict_dead_letters(conn, n)
+        if removed:
+            return removed
         removed = conn.execute(
             "DELETE FROM entries WHERE id IN (SELECT id FROM entries ORDER BY id LIMIT ?)", (n,)
         ).rowcount
@@ -615,7 +620,9 @@ class Spool:
             self._log_once(
                 "evict", "spool %s reached its cap; evicting the oldest entries", self.path
             )
-            return int(removed)
+        return int(removed)
+
+    def _evict_dead_letters(self, conn: sqlite3.Connection, n: int) -> int:
         removed = conn.execute(
             "DELETE FROM dead_letters WHERE id IN "
             "(SELECT id FROM dead_letters ORDER BY id LIMIT ?)",
@@ -706,28 +713,56 @@ class Spool:
         reason: str,
         timeout: float | None = 5.0,
     ) -> int:
-        """Move rows the Cloud rejected to ``dead_letters`` (kept, never resent)."""
-        id_list = json.dumps(sorted(set(ids)))
+        """Move rows the Cloud rejected to ``dead_letters`` (kept, never resent).
+
+        Rows move a few at a time, so a spool at its cap never holds a row twice over;
+        when even that does not fit, the oldest kept dead letters make room (counted
+        as ``dead_letters_evicted``), and failing that the row is not kept at all.
+        """
+        unique = sorted(set(ids))
+        rejected_at = now_iso()
+
+        def move(conn: sqlite3.Connection, chunk: list[int]) -> int:
+            id_list = json.dumps(chunk)
+            kept = False
+            for _ in range(3):
+                try:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO dead_letters"
+                        "(id, kind, created_at, entry, rejected_at, status, reason) "
+                        "SELECT id, kind, created_at, entry, ?, ?, ? FROM entries "
+                        "WHERE id IN (SELECT value FROM json_each(?))",
+                        (rejected_at, status, reason[:500], id_list),
+                    )
+                    kept = True
+                    break
+                except sqlite3.OperationalError as exc:
+                    if not is_full(exc) or not conn.in_transaction:
+                        raise
+                    if not self._evict_dead_letters(conn, 2 * len(chunk)):
+                        break  # nothing left to make room with
+            n = int(
+                conn.execute(
+                    "DELETE FROM entries WHERE id IN (SELECT value FROM json_each(?))",
+                    (id_list,),
+                ).rowcount
+            )
+            if n and not kept:
+                self._bump(conn, "dead_letters_evicted", n)  # counted, no copy kept
+            return n
 
         def work(conn: sqlite3.Connection) -> int:
-            conn.execute(
-                "INSERT OR REPLACE INTO dead_letters"
-                "(id, kind, created_at, entry, rejected_at, status, reason) "
-                "SELECT id, kind, created_at, entry, ?, ?, ? FROM entries "
-                "WHERE id IN (SELECT value FROM json_each(?))",
-                (now_iso(), status, reason[:500], id_list),
-            )
-            n = conn.execute(
-                "DELETE FROM entries WHERE id IN (SELECT value FROM json_each(?))", (id_list,)
-            ).rowcount
+            n = sum(move(conn, unique[i : i + 8]) for i in range(0, len(unique), 8))
             if n:
                 self._bump(conn, "dead_lettered", n)
-            conn.execute(
+            trimmed = conn.execute(
                 "DELETE FROM dead_letters WHERE id <= "
                 "(SELECT id FROM dead_letters ORDER BY id DESC LIMIT 1 OFFSET ?)",
                 (DEAD_LETTER_KEEP,),
-            )
-            return int(n)
+            ).rowcount
+            if trimmed:
+                self._bump(conn, "dead_letters_evicted", trimmed)
+            return n
 
         return int(self._transaction(work, timeout))
 

@@ -542,3 +542,31 @@ def test_opening_the_spool_again_keeps_this_processes_sqlite_locks(spool_path: s
         second.close()
         first.close()
     assert spooled_ids(spool_path) == list(range(60))
+
+
+def test_spool_counters_lists_every_counter_with_zeros(spool_path: str) -> None:
+    """The view people query with sqlite3 shows every counter status shows, zeros included."""
+    from spooler.spool import COUNTER_NAMES
+
+    Spool(spool_path).close()
+    with closing(sqlite3.connect(spool_path)) as conn:
+        rows = dict(conn.execute("SELECT name, value FROM spool_counters").fetchall())
+    assert set(COUNTER_NAMES) <= set(rows)
+    assert {"waiting", "dead_letters_kept"} <= set(rows)
+    assert set(rows.values()) == {0}
+
+
+def test_dead_letters_evicted_at_the_cap_are_counted(spool_path: str) -> None:
+    """Dead letters removed at the cap (or never kept, for want of room) are counted:
+    dead_lettered = dead_letters_kept + dead_letters_evicted."""
+    with Spool(spool_path, max_bytes=1 << 20) as spool:
+        spool.append_many([make_entry(i, pad=2000) for i in range(120)])
+        moved = spool.dead_letter([r.id for r in spool.read_batch(200)], status=422, reason="x")
+        assert moved == 120
+        # Fill past the cap: waiting rows go first, then kept dead letters.
+        for i in range(0, 3000, 100):
+            spool.append_many([make_entry(1000 + i + j, pad=2000) for j in range(100)])
+        c = spool.stats().counters
+        kept = spool.stats().dead_letters
+    assert c["dead_letters_evicted"] > 0
+    assert c["dead_lettered"] == c["dead_letters_evicted"] + kept == 120
