@@ -435,6 +435,23 @@ def iso_texts(draw: st.DrawFn) -> str:
     return text
 
 
+@settings(database=None, deadline=None)
+@given(
+    st.datetimes(timezones=st.none() | offsets),
+    st.sampled_from(["T", " "]),
+    st.sampled_from(["auto", "seconds", "milliseconds", "microseconds"]),
+)
+def test_isoformat_output_reads_back_as_the_same_instant(
+    moment: datetime, separator: str, timespec: str
+) -> None:
+    """Whatever datetime.isoformat() writes, to_iso reads back to the same time on every Python."""
+    # isoformat() cuts the local time, not the UTC one: with an offset that has
+    # microseconds the cut moves the instant, so compare with the cut local time.
+    cut = {"seconds": 1_000_000, "milliseconds": 1000}.get(timespec, 1)
+    written = moment.replace(microsecond=moment.microsecond // cut * cut)
+    assert to_iso(moment.isoformat(separator, timespec)) == to_iso(written)
+
+
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="fromisoformat() reads ISO 8601 from 3.11")
 @settings(database=None, deadline=None, max_examples=1000)
 @given(iso_texts())
