@@ -38,7 +38,13 @@ from typing import TYPE_CHECKING, Any
 from spooler import hooks
 from spooler.config import Config
 from spooler.errors import SpoolBusyError, SpoolError
-from spooler.serializer import build_entry, load_schemas, schema_fingerprint
+from spooler.serializer import (
+    build_entry,
+    capture,
+    entry_from_capture,
+    load_schemas,
+    schema_fingerprint,
+)
 from spooler.spool import Spool, encode_row
 
 if TYPE_CHECKING:
@@ -78,7 +84,8 @@ class Reporter:
         self.active = False  # the only thing the hot path reads when disabled
         self._pid = -1
         self._lock = threading.Lock()
-        self._buffer: collections.deque[dict[str, Any]] = collections.deque()
+        # What capture() kept, or entries already built; the writer thread commits them.
+        self._buffer: collections.deque[Any] = collections.deque()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._spool: Spool | None = None  # the writer thread's connection
@@ -170,9 +177,7 @@ class Reporter:
                 from spooler.shipper import Shipper
 
                 # The writer thread quick_checks the file; no need to do it twice.
-                self._shipper = Shipper(
-                    self.config, started_at=self._started_at, quick_check=False
-                )
+                self._shipper = Shipper(self.config, started_at=self._started_at, quick_check=False)
             if not self._shipper.running:
                 self._shipper.start()
         except Exception:
@@ -278,34 +283,26 @@ class Reporter:
             spool = self._spool_here()
             if spool is None:
                 return False
-            entry = build_entry(
-                status,
-                payload,
-                send_error_message=self._send_error_message,
-                error_message_max_length=self._error_max,
-            )
-            if entry is None:
-                spool.count("invalid")
-                return False
-            host = self._host_spool
-            if host is not None:
-                deadline = time.monotonic() + IMMEDIATE_TIMEOUT
-                if not self._ready.is_set():
-                    # The first calls of a process wait for the writer thread's open, so
-                    # rows a damaged WAL lost are counted before any id is handed out again.
-                    self._ready.wait(IMMEDIATE_TIMEOUT)
-                if host.append_now(encode_row(entry), deadline=deadline):
-                    shipper = self._shipper
-                    if shipper is not None:
-                        shipper.notify()
-                    return True
-                return False  # counted as dropped by the spool
+            if self._host_spool is not None:
+                return self._track_now(status, payload, spool, self._host_spool)
+            # Background mode: the host's thread only copies the allowlisted values
+            # out; the writer thread validates, formats and encodes them.
             buffer = self._buffer
             waiting = len(buffer)
             if waiting >= self._buffer_size:
                 spool.count("dropped")
                 return False
-            buffer.append(entry)
+            item = capture(
+                status,
+                payload,
+                now=time.time(),
+                send_error_message=self._send_error_message,
+                error_message_max_length=self._error_max,
+            )
+            if item is None:
+                spool.count("invalid")
+                return False
+            buffer.append(item)
             if waiting >= GROUP_SIZE:
                 self._wake.set()
                 if waiting >= self._yield_at:
@@ -315,12 +312,40 @@ class Reporter:
                     time.sleep(0)
             return True
         except Exception:
-            try:
-                if self._spool is not None:
-                    self._spool.count("dropped")
-            except Exception:
-                pass
+            return self._count_drop()
+
+    def _track_now(
+        self, status: str, payload: Mapping[str, Any], spool: Spool, host: Spool
+    ) -> bool:
+        """Immediate mode: build, encode and commit on the host's thread."""
+        entry = build_entry(
+            status,
+            payload,
+            send_error_message=self._send_error_message,
+            error_message_max_length=self._error_max,
+        )
+        if entry is None:
+            spool.count("invalid")
             return False
+        deadline = time.monotonic() + IMMEDIATE_TIMEOUT
+        if not self._ready.is_set():
+            # The first calls of a process wait for the writer thread's open, so
+            # rows a damaged WAL lost are counted before any id is handed out again.
+            self._ready.wait(IMMEDIATE_TIMEOUT)
+        if not host.append_now(encode_row(entry), deadline=deadline):
+            return False  # counted as dropped by the spool
+        shipper = self._shipper
+        if shipper is not None:
+            shipper.notify()
+        return True
+
+    def _count_drop(self) -> bool:
+        try:
+            if self._spool is not None:
+                self._spool.count("dropped")
+        except Exception:
+            pass
+        return False
 
     # -- the writer thread ---------------------------------------------------------
 
@@ -377,25 +402,48 @@ class Reporter:
                 self._stop.wait(0.5)
 
     def _flush_buffer(self, *, timeout: float) -> int:
-        """Commit buffered entries in groups; on lock contention keep them for later."""
+        """Build and commit buffered entries in groups; on lock contention keep them."""
         spool = self._spool
         buffer = self._buffer
         written = 0
         while buffer and spool is not None:
-            group: list[dict[str, Any]] = []
+            group: list[Any] = []
             try:
                 while len(group) < MAX_GROUP:
                     group.append(buffer.popleft())
             except IndexError:
                 pass
+            entries = self._entries(group, spool)
             try:
-                written += spool.append_many(group, timeout=timeout, raise_on_busy=True)
+                written += spool.append_many(entries, timeout=timeout, raise_on_busy=True)
             except SpoolBusyError:
-                buffer.extendleft(reversed(group))
+                buffer.extendleft(reversed(entries))
                 break
         if written and self._shipper is not None:
             self._shipper.notify()
         return written
+
+    def _entries(self, group: list[Any], spool: Spool) -> list[dict[str, Any]]:
+        """Entries from what the host's thread captured (or built already)."""
+        entries = []
+        invalid = 0
+        for item in group:
+            entry = (
+                item
+                if isinstance(item, dict)
+                else entry_from_capture(
+                    item,
+                    send_error_message=self._send_error_message,
+                    error_message_max_length=self._error_max,
+                )
+            )
+            if entry is None:
+                invalid += 1
+            else:
+                entries.append(entry)
+        if invalid:
+            spool.count("invalid", invalid)
+        return entries
 
     # -- schemas -------------------------------------------------------------------
 

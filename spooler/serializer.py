@@ -22,6 +22,7 @@ import os
 import platform
 import re
 import sys
+import time
 from collections.abc import Mapping
 from datetime import date, datetime, timedelta, timezone
 from functools import cache, lru_cache
@@ -39,7 +40,9 @@ __all__ = [
     "STATUSES",
     "build_entry",
     "build_heartbeat",
+    "capture",
     "detect_framework",
+    "entry_from_capture",
     "load_schemas",
     "schema_fingerprint",
     "to_iso",
@@ -98,6 +101,7 @@ _ISO_8601 = re.compile(
 _OFFSET = re.compile(r"([+-])([0-9]{2})(?:(:?)([0-9]{2})(?:\3([0-9]{2})(?:[.,]([0-9]+))?)?)?")
 _UTC = timezone.utc
 _EPOCH = datetime(1970, 1, 1, tzinfo=_UTC)
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _MS = timedelta(milliseconds=1)
 
 # (module, distribution), checked in this order. fastapi comes before starlette
@@ -116,7 +120,7 @@ def build_entry(
     *,
     send_error_message: bool = False,
     error_message_max_length: int = 200,
-    now: datetime | None = None,
+    now: datetime | float | None = None,
 ) -> dict[str, Any] | None:
     """Allowlisted metadata entry for one notification, or None if it cannot be built. Never raises.
 
@@ -155,12 +159,16 @@ def build_entry(
             logger.debug("dropped a %s entry: no usable event_name", status)
             return None
 
-        stamp = _to_utc(now) if now is not None else None
+        # Times as (ISO text, epoch milliseconds): formatted once, compared as ints.
+        if type(now) is float:
+            stamp: tuple[str, int] | None = _stamp(now)
+        else:
+            stamp = _instant(now) if now is not None else None
         if stamp is None:
-            stamp = datetime.now(_UTC)
-        occurred = _to_utc(get("occurred_at"))
-        published = _to_utc(get("published_at"))
-        dead_lettered = _to_utc(get("dead_lettered_at"))
+            stamp = _stamp(time.time())
+        occurred = _instant(get("occurred_at"))
+        published = _instant(get("published_at"))
+        dead_lettered = _instant(get("dead_lettered_at"))
         end = None
         if status == "published":
             if published is None:
@@ -172,11 +180,11 @@ def build_entry(
             end = dead_lettered
         latency = None
         if occurred is not None and end is not None:
-            latency = (end - _EPOCH) // _MS - (occurred - _EPOCH) // _MS
+            latency = end[1] - occurred[1]
             if latency < 0:
                 latency = None
 
-        timestamp = _format(stamp)
+        timestamp = stamp[0]
         entry: dict[str, Any] = {
             "event_id": _event_id(get("event_id")),
             "event_name": event_name,
@@ -185,9 +193,9 @@ def build_entry(
             "idempotency_key": _text(get("idempotency_key")),
             "status": status,
             "attempts": _count(get("attempts")),
-            "occurred_at": _format_known(occurred, stamp, timestamp),
-            "published_at": _format_known(published, stamp, timestamp),
-            "dead_lettered_at": _format_known(dead_lettered, stamp, timestamp),
+            "occurred_at": None if occurred is None else occurred[0],
+            "published_at": None if published is None else published[0],
+            "dead_lettered_at": None if dead_lettered is None else dead_lettered[0],
             "latency_ms": latency,
             "timestamp": timestamp,
         }
@@ -202,6 +210,90 @@ def build_entry(
         # The exception's message may quote payload values, so only its type is logged.
         logger.debug("dropped an entry: %s while building it", type(exc).__name__)
         return None
+
+
+# What the host's thread copies out of a notification, in this order, for the writer thread
+# to turn into an entry (see capture). Every other key is never read.
+_CAPTURED = (
+    "event_id",
+    "event_name",
+    "event_type",
+    "event_version",
+    "idempotency_key",
+    "attempts",
+    "occurred_at",
+    "published_at",
+    "dead_lettered_at",
+)
+# Immutable scalars build_entry reads the same later as now; a value of any other type
+# (a container, a subclass, a host object) is never kept: the entry is built at once.
+_KEEPABLE = frozenset({str, int, float, type(None), UUID, datetime, date})
+#: What :func:`capture` returns: (status, wall time, the captured values, error_class,
+#: error_message), or an entry already built.
+Captured = tuple[str, float, tuple[object, ...], "str | None", "str | None"]
+
+
+def capture(
+    status: str,
+    payload: Mapping[str, Any],
+    *,
+    now: float,
+    send_error_message: bool = False,
+    error_message_max_length: int = 200,
+) -> Captured | dict[str, Any] | None:
+    """The host thread's share of :func:`build_entry`: the least that keeps its meaning.
+
+    Copies the allowlisted values (immutable scalars only, never a container or any
+    other reference into the host's objects), reduces an exception passed as
+    ``error_class`` to its class name (and ``error_message`` to text when opted in) so
+    no exception or traceback is kept alive, and checks what decides validity
+    (``event_name``). :func:`entry_from_capture` finishes on the writer thread.
+    Returns None exactly when :func:`build_entry` would; an entry built at once (a
+    value of an unusual type) is returned as a dict. Never raises.
+    """
+    try:
+        if not isinstance(payload, Mapping) or status not in STATUSES:
+            return None
+        get = payload.get
+        values = tuple([get(name) for name in _CAPTURED])
+        if not _KEEPABLE.issuperset(map(type, values)):
+            return build_entry(
+                status,
+                payload,
+                send_error_message=send_error_message,
+                error_message_max_length=error_message_max_length,
+                now=now,
+            )
+        if _text(values[1]) is None:
+            logger.debug("dropped a %s entry: no usable event_name", status)
+            return None
+        error_class = error_message = None
+        if status == "dead_lettered":
+            error_class = _error_class(get("error_class"))
+            if send_error_message:
+                error_message = _error_message(get("error_message"), error_message_max_length)
+        return (status, now, values, error_class, error_message)
+    except Exception as exc:
+        logger.debug("dropped an entry: %s while reading it", type(exc).__name__)
+        return None
+
+
+def entry_from_capture(
+    captured: Captured, *, send_error_message: bool = False, error_message_max_length: int = 200
+) -> dict[str, Any] | None:
+    """The entry :func:`build_entry` would have built from what :func:`capture` kept."""
+    status, now, values, error_class, error_message = captured
+    payload: dict[str, Any] = dict(zip(_CAPTURED, values, strict=True))
+    if status == "dead_lettered":
+        payload["error_class"] = error_class
+        payload["error_message"] = error_message
+    return build_entry(
+        status,
+        payload,
+        send_error_message=send_error_message,
+        error_message_max_length=error_message_max_length,
+        now=now,
+    )
 
 
 def to_iso(value: object) -> str | None:
@@ -429,10 +521,46 @@ def _format(moment: datetime) -> str:
     )
 
 
-def _format_known(moment: datetime | None, stamp: datetime, formatted_stamp: str) -> str | None:
+# The form every entry carries; a value already in it is kept as it is, not re-parsed.
+_CANONICAL = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-2][0-9]:[0-5][0-9]:[0-5][0-9]\.[0-9]{3}Z")
+
+
+def _instant(value: object) -> tuple[str, int] | None:
+    """``value`` as (ISO 8601 UTC text with milliseconds, epoch milliseconds), or None."""
+    if type(value) is str and len(value) == 24 and _CANONICAL.fullmatch(value):
+        days = _epoch_days(value[:10])
+        hour = int(value[11:13])
+        if days is not None and hour < 24:
+            seconds = ((days * 24 + hour) * 60 + int(value[14:16])) * 60 + int(value[17:19])
+            return value, seconds * 1000 + int(value[20:23])
+    moment = _to_utc(value)
     if moment is None:
         return None
-    return formatted_stamp if moment is stamp else _format(moment)
+    return _format(moment), (moment - _EPOCH) // _MS
+
+
+@lru_cache(maxsize=256)
+def _epoch_days(day: str) -> int | None:
+    """Days since 1970-01-01 of a ``YYYY-MM-DD`` date, or None for one that does not exist."""
+    try:
+        return date(int(day[:4]), int(day[5:7]), int(day[8:10])).toordinal() - _EPOCH_ORDINAL
+    except ValueError:
+        return None
+
+
+_last_second: list[Any] = [None, ""]
+
+
+def _stamp(now: float) -> tuple[str, int]:
+    """The wall time ``now`` (epoch seconds) as (ISO text, epoch milliseconds)."""
+    ms = int(now * 1000)
+    second, milli = divmod(ms, 1000)
+    cached = _last_second  # one (second, "YYYY-MM-DDTHH:MM:SS.") pair; a race only recomputes
+    prefix = cached[1]
+    if cached[0] != second:
+        prefix = _format(_EPOCH + timedelta(seconds=second))[:20]
+        _last_second[:] = [second, prefix]
+    return prefix + "%03dZ" % milli, ms  # noqa: UP031 - %-formatting is the fastest here
 
 
 def _text(value: object, limit: int = MAX_TEXT_LENGTH) -> str | None:

@@ -1022,3 +1022,93 @@ def test_heartbeat_timestamp_defaults_to_now() -> None:
     """Without now=, the heartbeat is stamped with the current UTC time."""
     beat = build_heartbeat(app_name="a", environment="e", uptime_seconds=1, framework=(None, None))
     assert beat["timestamp"] == "2026-01-15T10:30:01.000Z"
+
+
+# -- capture: the host's share in background mode ---------------------------------------
+
+_field_values = st.one_of(
+    st.none(),
+    st.text(max_size=30),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.datetimes(timezones=st.none() | st.just(timezone.utc)),
+    st.sampled_from(["2026-01-15T10:30:00.000Z", "2026-02-30T10:30:00.000Z", " 7 ", "007"]),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    st.just(ValueError("boom")),
+    st.just(KeyError),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from(["emitted", "published", "dead_lettered"]),
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "event_id",
+                "event_name",
+                "event_type",
+                "event_version",
+                "idempotency_key",
+                "attempts",
+                "occurred_at",
+                "published_at",
+                "dead_lettered_at",
+                "error_class",
+                "error_message",
+                "payload",
+            ]
+        ),
+        _field_values,
+    ),
+    st.booleans(),
+)
+def test_capture_then_build_gives_what_build_entry_gives(
+    status: str, payload: dict[str, Any], send_error_message: bool
+) -> None:
+    """Splitting build_entry between the host's thread and the writer changes nothing:
+    same entry, and None exactly when build_entry says None."""
+    from spooler.serializer import capture, entry_from_capture
+
+    now = 1_768_473_000.123
+    direct = build_entry(status, payload, send_error_message=send_error_message, now=now)
+    kept = capture(status, payload, now=now, send_error_message=send_error_message)
+    if kept is None or isinstance(kept, dict):
+        assert kept == direct
+    else:
+        assert entry_from_capture(kept, send_error_message=send_error_message) == direct
+
+
+def test_capture_keeps_no_reference_to_the_hosts_objects() -> None:
+    """What the host's thread keeps holds no container, no exception and no traceback."""
+    from spooler.serializer import capture
+
+    try:
+        raise TimeoutError("payment service down for alice@example.com")
+    except TimeoutError as exc:
+        error = exc
+    payload = {
+        "event_name": "order.placed",
+        "event_id": 7,
+        "occurred_at": "2026-01-15T10:30:00.000Z",
+        "payload": {"email": "alice@example.com"},
+        "metadata": ["ip"],
+        "error_class": error,
+        "error_message": error,
+    }
+    kept = capture("dead_lettered", payload, now=1_768_473_000.0)
+    assert isinstance(kept, tuple)
+
+    def leaves(value: object) -> Iterator[object]:
+        if isinstance(value, tuple):
+            for item in value:
+                yield from leaves(item)
+        else:
+            yield value
+
+    for leaf in leaves(kept):
+        assert type(leaf) in (str, int, float, type(None)), leaf
+    assert "TimeoutError" in kept
+    assert "alice@example.com" not in repr(kept)  # the message stays out unless opted in
