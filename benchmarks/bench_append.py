@@ -5,8 +5,8 @@ into a fresh temporary folder; each call is timed with ``time.perf_counter_ns``.
 case pays for turning the dict into bytes (JSON, or pickle for persist-queue) inside the
 timed call, as spooler does.
 
-    python benchmarks/bench_append.py            # N = 20,000
-    python benchmarks/bench_append.py --quick    # N = 2,000, a few seconds
+    python benchmarks/bench_append.py            # N = 20,000; a 4 MiB cap filled 5x over
+    python benchmarks/bench_append.py --quick    # N = 2,000; a 2 MiB cap filled 2x over
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
 
-from _common import header, markdown_table, percentiles_us, sample_entries
+from _common import header, markdown_table, percentiles_us, sample_entries, write_json
 
 from spooler.spool import Spool
 
@@ -172,10 +172,14 @@ def persist_queue_put(entries: list[dict[str, Any]]) -> tuple[int, ...]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="N = 2,000 (a few seconds)")
+    parser.add_argument("--quick", action="store_true", help="N = 2,000, a 2 MiB cap 2x over")
     parser.add_argument("-n", type=int, default=None, help="entries per case (default 20,000)")
+    parser.add_argument("--json", default=None, help="also write the results here (report.py)")
     args = parser.parse_args(argv)
     n = args.n or (2_000 if args.quick else 20_000)
+    cap_bytes = (2 << 20) if args.quick else CAP_BYTES
+    cap_fill = 2 if args.quick else CAP_FILL
+    cap_mib = cap_bytes >> 20
     entries = sample_entries(n)
     entry_bytes = sum(len(json.dumps(e, separators=(",", ":"))) for e in entries) // n
     started = time.monotonic()
@@ -218,29 +222,30 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
 
-    # At the cap: enough entries to fill a 4 MiB spool CAP_FILL times over.
-    n_cap = CAP_FILL * CAP_BYTES // entry_bytes
+    # At the cap: enough entries to fill a small spool cap_fill times over.
+    n_cap = cap_fill * cap_bytes // entry_bytes
     cap_entries = sample_entries(n_cap)
     for name, fn, per_call in (
-        ("spooler `append` at a 4 MiB cap", spooler_single, 1),
-        ("spooler `append_many` at a 4 MiB cap", spooler_batched, BATCH),
+        (f"spooler `append` at a {cap_mib} MiB cap", spooler_single, 1),
+        (f"spooler `append_many` at a {cap_mib} MiB cap", spooler_batched, BATCH),
     ):
-        samples, total, stats = fn(cap_entries, CAP_BYTES)
+        samples, total, stats = fn(cap_entries, cap_bytes)
         c = stats.counters
         note = (
-            f"{CAP_FILL}x over: kept {stats.depth:,}, evicted {c['evicted']:,}, "
+            f"{cap_fill}x over: kept {stats.depth:,}, evicted {c['evicted']:,}, "
             f"dropped {c['dropped']:,}, {stats.bytes_on_disk / 2**20:.2f} MiB on disk"
         )
         rows.append(_row(name, n_cap, per_call, samples, total, note))
 
+    headers = ["case", "entries", "entries/call", "entries/s", "p50 µs/call", "p99 µs/call", "check"]
+    seconds = time.monotonic() - started
     print(header(f"Append: {n:,} entries of ~{entry_bytes} bytes per case"))
-    print(
-        markdown_table(
-            ["case", "entries", "entries/call", "entries/s", "p50 µs/call", "p99 µs/call", "check"],
-            rows,
-        )
+    print(markdown_table(headers, rows))
+    print(f"\n(ran in {seconds:.1f} s)")
+    write_json(
+        args.json,
+        {"n": n, "entry_bytes": entry_bytes, "headers": headers, "rows": rows, "seconds": seconds},
     )
-    print(f"\n(ran in {time.monotonic() - started:.1f} s)")
     return 0
 
 
