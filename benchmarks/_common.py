@@ -225,7 +225,9 @@ class MinimalReceiver:
         self.url = f"http://127.0.0.1:{self.port}"
 
     def _get(self, method: str, path: str) -> dict[str, Any]:
-        req = urllib.request.Request(self.url + path, method=method, data=b"" if method == "POST" else None)
+        req = urllib.request.Request(
+            self.url + path, method=method, data=b"" if method == "POST" else None
+        )
         with urllib.request.urlopen(req, timeout=10) as answer:
             body = answer.read()
         return json.loads(body) if body and body != b"{}" else {}

@@ -10,11 +10,11 @@ signals. Four variants, each in a fresh gunicorn on 127.0.0.1, in interleaved ro
   endpoint on the minimal receiver (its own process), ``ship_in_process=true``, a fresh spool.
 
 Each run: gunicorn starts, wrk warms it up for 1 s (the first request starts spooler's
-threads; ``--quick`` sends 20 requests instead), then ``wrk -t1 -c2 --latency`` loads it for ``--duration`` seconds (two
-connections keep the one worker busy: while it serves one, the next waits in the listen
-backlog, so latencies include that wait). Then gunicorn stops (SIGTERM) and the check
-column compares what the app announced with what was exported, or arrived at the receiver
-plus what waits in the spool.
+threads; ``--quick`` sends 20 requests instead), then ``wrk -t1 -c2 --latency`` loads it
+for ``--duration`` seconds (two connections keep the one worker busy: while it serves
+one, the next waits in the listen backlog, so latencies include that wait). Then gunicorn
+stops (SIGTERM) and the check column compares what the app announced with what was
+exported, or arrived at the receiver plus what waits in the spool.
 
 Needs ``wrk`` (``apt-get install -y wrk``) and gunicorn (the ``bench`` extra).
 

@@ -237,7 +237,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         rows.append(_row(name, n_cap, per_call, samples, total, note))
 
-    headers = ["case", "entries", "entries/call", "entries/s", "p50 µs/call", "p99 µs/call", "check"]
+    headers = [
+        "case",
+        "entries",
+        "entries/call",
+        "entries/s",
+        "p50 µs/call",
+        "p99 µs/call",
+        "check",
+    ]
     seconds = time.monotonic() - started
     print(header(f"Append: {n:,} entries of ~{entry_bytes} bytes per case"))
     print(markdown_table(headers, rows))

@@ -302,9 +302,7 @@ def run(
             t1 = time.perf_counter()
             fill_template(big, rss_rows)
             big_fill = time.perf_counter() - t1
-            rss_case = run_drainer(
-                "shipper", receiver, big, RSS_BATCH, rss_rows, sample_rss=True
-            )
+            rss_case = run_drainer("shipper", receiver, big, RSS_BATCH, rss_rows, sample_rss=True)
             rss_case["fill_seconds"] = big_fill
     rows.sort(key=lambda r: (r[0], r[2], r[1] != "naive loop"))
     return {

@@ -17,6 +17,7 @@ shows the largest sample against that.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -84,10 +85,8 @@ def _child(mode: str, path: str, endpoint: str, cap: int, total: int, rate: int)
 def _size(path: str) -> int:
     total = 0
     for suffix in ("", "-wal", "-shm"):
-        try:
+        with contextlib.suppress(OSError):
             total += os.stat(path + suffix).st_size
-        except OSError:
-            pass
     return total
 
 
