@@ -69,6 +69,7 @@ from typing import Any
 
 import httpx
 
+from spooler._threads import start_thread
 from spooler._version import __version__
 from spooler.errors import (
     AuthError,
@@ -378,10 +379,9 @@ class _InFlight:
         with self._wakeup:
             self._flights = (*self._flights, flight)
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._watch, name="spooler.client.deadline", daemon=True
-                )
-                self._thread.start()
+                # None at interpreter shutdown (3.12+): the request then has the
+                # per-read timeouts and the bounded body read, not the total deadline.
+                self._thread = start_thread(self._watch, "spooler.client.deadline")
             elif self._idle:
                 # Every deadline is the same length, so a newer flight never falls due
                 # before one the watchdog already sleeps towards: only an idle one needs waking.

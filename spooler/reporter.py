@@ -36,6 +36,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from spooler import hooks
+from spooler._threads import start_thread
 from spooler.config import Config
 from spooler.errors import SpoolBusyError, SpoolError
 from spooler.serializer import (
@@ -151,10 +152,7 @@ class Reporter:
                     on_wal_full=self._wake.set,
                 )
             self._stop.clear()
-            self._writer = threading.Thread(
-                target=self._write_loop, name="spooler.writer", daemon=True
-            )
-            self._writer.start()
+            self._writer = start_thread(self._write_loop, "spooler.writer")
 
     def _reset_after_fork(self) -> None:
         # Entries in the inherited buffer are the parent's to write.

@@ -30,6 +30,7 @@ from typing import Any
 
 import tenacity
 
+from spooler._threads import start_thread
 from spooler.client import CloudClient
 from spooler.config import Config
 from spooler.errors import (
@@ -119,9 +120,7 @@ class Shipper:
             raise ValueError("a Shipper needs config.api_key")
         self.config = config
         self._own_spool = spool is None
-        self.spool = spool or Spool.from_config(
-            config, busy_timeout=1.0, quick_check=quick_check
-        )
+        self.spool = spool or Spool.from_config(config, busy_timeout=1.0, quick_check=quick_check)
         self._client = client
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -172,8 +171,10 @@ class Shipper:
             return False
         self._stop.clear()
         self._start_watcher()
-        self._thread = threading.Thread(target=self._run, name="spooler.shipper", daemon=True)
-        self._thread.start()
+        self._thread = start_thread(self._run, "spooler.shipper")
+        if self._thread is None:
+            self.lock.release()
+            return False
         return True
 
     def run(self) -> None:
@@ -253,10 +254,7 @@ class Shipper:
     def _start_watcher(self) -> None:
         if not self._watch or self._watcher is not None:
             return
-        self._watcher = threading.Thread(
-            target=self._watch_wal, name="spooler.shipper.watch", daemon=True
-        )
-        self._watcher.start()
+        self._watcher = start_thread(self._watch_wal, "spooler.shipper.watch")
 
     def _watch_wal(self) -> None:
         try:

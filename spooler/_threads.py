@@ -1,0 +1,36 @@
+"""Starting spooler's background threads the same way everywhere.
+
+Each thread is a named daemon that blocks SIGTERM and SIGINT for itself, so the
+kernel hands those signals to a thread that can act on them (the host's main
+thread, or ``spooler ship``'s): a signal delivered to a spooler thread would
+wait until the main thread's blocking call returns on its own. Python 3.12
+refuses new threads while the interpreter shuts down; then None is returned and
+the caller does without.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Callable
+
+__all__ = ["start_thread"]
+
+_QUIET = {signal.SIGTERM, signal.SIGINT}
+
+
+def start_thread(target: Callable[[], object], name: str) -> threading.Thread | None:
+    """Start ``target`` in a daemon thread called ``name``; None if no thread may start."""
+
+    def run() -> None:
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            signal.pthread_sigmask(signal.SIG_BLOCK, _QUIET)
+        target()
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    try:
+        thread.start()
+    except RuntimeError:  # "can't create new thread at interpreter shutdown"
+        return None
+    return thread
