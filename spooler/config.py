@@ -1,35 +1,63 @@
 """Every option spooler has, its default, and its validation, in one place.
 
-``Config(...)`` takes explicit values only. ``Config.from_env(mapping, **overrides)``
-reads ``EVENT_ENGINE_CLOUD_*`` variables from the mapping it is given (this is the
-only module that looks at ``os.environ``), and explicit overrides win over it.
-Invalid values raise :class:`~spooler.errors.ConfigError` naming the option.
+Every source of options goes through one parser, :func:`parse_option`, which
+``Config.__post_init__`` runs on every field: keyword arguments to ``Config`` and
+``spooler.configure``, Flask's ``SPOOLER_*`` keys, Django's ``SPOOLER`` dict and the
+``EVENT_ENGINE_CLOUD_*`` variables all accept the same strings and values (``"true"``,
+``"1"`` or ``True`` for booleans, ``"100"`` or ``100`` for numbers, ``"64MiB"`` or
+``67108864`` for sizes). ``Config.from_env(mapping, **overrides)`` reads the variables
+from the mapping it is given (this is the only module that looks at ``os.environ``), and
+explicit overrides win over it. Invalid values raise :class:`~spooler.errors.ConfigError`
+naming the option. An unknown option passed as an argument raises too; an unknown
+``EVENT_ENGINE_CLOUD_*`` variable or framework key is logged once as a warning on
+``spooler.config``, naming the closest option, and ignored.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import difflib
 import ipaddress
+import logging
 import os
 import re
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from spooler.errors import ConfigError
 
-__all__ = ["DEFAULT_ENDPOINT", "DEFAULT_SPOOL_PATH", "ENV_VARS", "Config"]
+__all__ = [
+    "DEFAULT_ENDPOINT",
+    "DEFAULT_SPOOL_PATH",
+    "ENV_PREFIX",
+    "ENV_VARS",
+    "OPTIONS",
+    "Config",
+    "format_size",
+    "options_from_settings",
+    "parse_option",
+    "parse_size",
+]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "https://api.eventengine.dev/v1/ingest"
 DEFAULT_DASHBOARD_ORIGIN = "https://app.eventengine.dev"
 # Relative to the working directory, so an app and `python -m spooler ship`
 # started from the same project folder share one spool.
 DEFAULT_SPOOL_PATH = os.path.join(".spooler", "spool.db")
-MIN_SPOOL_BYTES = 1 << 20
+MIN_SPOOL_BYTES = 1 << 20  # 1 MiB
+MAX_SPOOL_BYTES = 1 << 40  # 1 TiB
 
 SpoolMode = Literal["background", "immediate"]
+
+ENV_PREFIX = "EVENT_ENGINE_CLOUD_"
 
 #: option name -> environment variable
 ENV_VARS: dict[str, str] = {
@@ -56,21 +84,55 @@ ENV_VARS: dict[str, str] = {
 # Checked in this order when EVENT_ENGINE_CLOUD_ENVIRONMENT is unset.
 _ENVIRONMENT_FALLBACKS = ("APP_ENV", "ENVIRONMENT", "DJANGO_ENV", "FLASK_ENV")
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
-_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+_BOOLS = frozenset({"enabled", "ship_in_process", "send_error_message", "payload_endpoint"})
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+_INTS: dict[str, tuple[int, int]] = {
+    "batch_size": (1, 10_000),
+    "buffer_size": (1, 10_000_000),
+    "error_message_max_length": (0, 10_000),
+}
+_SECONDS: dict[str, tuple[float, float]] = {
+    "flush_interval": (0.01, 3600.0),
+    "shutdown_timeout": (0.0, 600.0),
+}
+
+# Sizes follow pydantic's ByteSize, case-insensitive: an "i" means powers of 1024,
+# kB/MB/GB/TB and the bare letters mean powers of 1000, and B or no unit is bytes.
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*$", re.IGNORECASE)
+_SIZE_UNITS: dict[str, int] = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1 << 10,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1 << 20,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1 << 30,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "tib": 1 << 40,
+}
 
 
 def _default_app_name() -> str:
     # The project folder's name: the same for every worker and for a
-    # `python -m spooler ship` started beside them.
+    # `python -m spooler ship` started beside them. The framework integrations
+    # pass the app's own name (Django's settings package, Flask's import_name,
+    # FastAPI's title) as a default above this one.
     return Path.cwd().name or "app"
 
 
 @dataclass(frozen=True)
 class Config:
-    """Every spooler option with its default; validated on construction."""
+    """Every spooler option with its default; parsed and validated on construction.
+
+    Each field also accepts the strings the environment would hold (``batch_size="100"``,
+    ``spool_max_bytes="64MiB"``, ``enabled="false"``); the attributes hold the parsed values.
+    """
 
     api_key: str | None = field(default=None, repr=False)
     endpoint: str = DEFAULT_ENDPOINT
@@ -93,14 +155,14 @@ class Config:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
+        for f in dataclasses.fields(self):
+            set_(self, f.name, parse_option(f.name, getattr(self, f.name)))
         key = self.api_key
         if key is not None:
             if not isinstance(key, str):
                 raise ConfigError("api_key", "must be a string")
-            key = key.strip()
             if any(c.isspace() or ord(c) < 32 for c in key):
                 raise ConfigError("api_key", "must not contain whitespace or control characters")
-            set_(self, "api_key", key or None)
         set_(self, "endpoint", _check_endpoint(self.endpoint))
         for name in ("environment", "app_name"):
             value = getattr(self, name)
@@ -109,21 +171,8 @@ class Config:
             set_(self, name, value.strip()[:200])
         if self.enabled is None:
             set_(self, "enabled", self.api_key is not None)
-        elif not isinstance(self.enabled, bool):
-            raise ConfigError("enabled", "must be true or false")
         elif self.enabled and self.api_key is None:
             raise ConfigError("enabled", "is true but api_key is not set")
-        _check_int(self, "batch_size", 1, 10_000)
-        _check_number(self, "flush_interval", 0.01, 3600.0)
-        _check_int(self, "spool_max_bytes", MIN_SPOOL_BYTES, 1 << 40)
-        _check_number(self, "shutdown_timeout", 0.0, 600.0)
-        _check_int(self, "buffer_size", 1, 10_000_000)
-        _check_int(self, "error_message_max_length", 0, 10_000)
-        for name in ("ship_in_process", "send_error_message", "payload_endpoint"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(name, "must be true or false")
-        if self.spool_mode not in ("background", "immediate"):
-            raise ConfigError("spool_mode", "must be 'background' or 'immediate'")
         try:
             path = os.path.abspath(os.fspath(self.spool_path))
         except TypeError:
@@ -163,22 +212,36 @@ class Config:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, /, **overrides: Any) -> Config:
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        /,
+        *,
+        defaults: Mapping[str, Any] | None = None,
+        **overrides: Any,
+    ) -> Config:
         """Build from ``EVENT_ENGINE_CLOUD_*`` variables; explicit ``overrides`` win.
 
-        ``environ`` defaults to ``os.environ``; tests pass a plain dict.
+        ``environ`` defaults to ``os.environ``; tests pass a plain dict. ``defaults`` sit
+        between the built-in defaults and the environment (the integrations pass the
+        framework's name for the app there). An unknown override raises
+        :class:`ConfigError`; an unknown ``EVENT_ENGINE_CLOUD_*`` variable is logged once
+        and ignored.
         """
         env = os.environ if environ is None else environ
-        unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            name = sorted(unknown)[0]
-            raise ConfigError(name, "is not a spooler option")
-        values: dict[str, Any] = {}
+        _refuse_unknown(overrides)
+        _refuse_unknown(defaults or {})
+        _warn_unknown_variables(env)
+        values: dict[str, Any] = dict(defaults or {})
         for name, var in ENV_VARS.items():
             if name in overrides or var not in env:
                 continue
-            values[name] = _parse_env(name, env[var])
-        if "environment" not in values and "environment" not in overrides:
+            try:
+                values[name] = parse_option(name, env[var])
+            except ConfigError as exc:
+                # Name the variable the user set, not just the option behind it.
+                raise ConfigError(name, f"{_message(exc)} (from {var})") from None
+        if ENV_VARS["environment"] not in env:
             for var in _ENVIRONMENT_FALLBACKS:
                 if env.get(var, "").strip():
                     values["environment"] = env[var]
@@ -187,59 +250,221 @@ class Config:
         return cls(**values)
 
 
-def _parse_env(name: str, raw: str) -> Any:
-    raw = raw.strip()
-    if name in ("enabled", "ship_in_process", "send_error_message", "payload_endpoint"):
-        if raw.lower() in _TRUE:
-            return True
-        if raw.lower() in _FALSE:
-            return False
-        raise ConfigError(name, f"expected true/false, got {raw!r}")
-    if name in ("batch_size", "buffer_size", "error_message_max_length"):
-        try:
-            return int(raw)
-        except ValueError:
-            raise ConfigError(name, f"expected an integer, got {raw!r}") from None
+#: every option's name, in the order of the Config signature
+OPTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Config))
+
+
+# -- the one parser ------------------------------------------------------------------
+
+
+def parse_option(name: str, value: Any) -> Any:
+    """``value`` for option ``name`` in its Python type, range-checked for numbers and sizes.
+
+    The one parser behind every source: strings are read the way the environment writes
+    them, values already of the right type pass through, anything else raises
+    :class:`ConfigError` naming the option. Options that take free text (endpoint, paths,
+    names) are returned as given and checked by :class:`Config`.
+    """
+    if name in _BOOLS:
+        return None if name == "enabled" and value is None else _parse_bool(name, value)
+    if name in _INTS:
+        return _parse_int(name, value)
+    if name in _SECONDS:
+        return _parse_seconds(name, value)
     if name == "spool_max_bytes":
-        return parse_size(raw, name)
-    if name in ("flush_interval", "shutdown_timeout"):
-        try:
-            return float(raw)
-        except ValueError:
-            raise ConfigError(name, f"expected a number of seconds, got {raw!r}") from None
-    if name == "dashboard_origins":
-        return tuple(o.strip() for o in raw.split(",") if o.strip())
-    if name == "api_key":
-        return raw or None
-    return raw
+        return _check_size(name, value, parse_size(value, name))
+    if name == "spool_mode":
+        mode = value.strip().lower() if isinstance(value, str) else value
+        if mode not in ("background", "immediate"):
+            raise ConfigError(name, f"must be 'background' or 'immediate', got {value!r}")
+        return mode
+    if isinstance(value, str):
+        if name == "api_key":
+            return value.strip() or None
+        if name == "dashboard_origins":
+            return tuple(o.strip() for o in value.split(",") if o.strip())
+    return value
 
 
-def parse_size(raw: str | int, option: str = "spool_max_bytes") -> int:
-    """Parse ``65536``, ``64KiB``, ``64MB``, ``1G`` (binary units) into bytes."""
+def parse_size(raw: object, option: str = "spool_max_bytes") -> int:
+    """Bytes in a size: ``67108864``, ``64MiB``, ``500MB``, ``1.5GiB``, ``512 kB``.
+
+    pydantic's ByteSize convention, case-insensitive: ``KiB``, ``MiB``, ``GiB``, ``TiB`` are
+    powers of 1024; ``kB``, ``MB``, ``GB``, ``TB`` and the bare ``k``, ``m``, ``g``, ``t``
+    are powers of 1000; ``B`` or no unit is bytes. Fractions are rounded down to a byte.
+    """
     if isinstance(raw, int) and not isinstance(raw, bool):
         return raw
-    match = _SIZE.match(str(raw))
-    if not match:
-        raise ConfigError(option, f"expected a size such as 67108864 or 64MiB, got {raw!r}")
-    number, unit = match.groups()
-    return int(number) * (_SIZE_UNITS[unit[0].lower()] if unit else 1)
+    if isinstance(raw, float) and raw.is_integer():
+        return int(raw)
+    if isinstance(raw, str):
+        match = _SIZE.match(raw)
+        if match and match.group(2).lower() in _SIZE_UNITS:
+            number, unit = match.groups()
+            return int(Decimal(number) * _SIZE_UNITS[unit.lower()])
+    raise ConfigError(
+        option,
+        "must be a size such as 64MiB (64 x 1024^2 bytes), 500MB (500 x 1000^2 bytes) "
+        f"or 67108864 (bytes), got {raw!r}",
+    )
 
 
-def _check_int(cfg: Config, name: str, low: int, high: int) -> None:
-    value = getattr(cfg, name)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(name, f"must be an integer, got {type(value).__name__}")
-    if not low <= value <= high:
-        raise ConfigError(name, f"must be between {low} and {high}, got {value}")
+def format_size(n: int) -> str:
+    """``n`` bytes in the largest binary unit that divides it exactly: ``1 MiB``, ``1536 KiB``."""
+    for unit, power in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n and n % (1 << power) == 0:
+            return f"{n >> power} {unit}"
+    return f"{n} bytes"
 
 
-def _check_number(cfg: Config, name: str, low: float, high: float) -> None:
-    value = getattr(cfg, name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(name, f"must be a number of seconds, got {type(value).__name__}")
-    if not low <= value <= high:  # also rejects NaN
-        raise ConfigError(name, f"must be between {low} and {high}, got {value}")
-    object.__setattr__(cfg, name, float(value))
+def _check_size(option: str, given: object, n: int) -> int:
+    got = f"{given!r} ({n} bytes)" if isinstance(given, str) else f"{n} bytes"
+    if n < MIN_SPOOL_BYTES:
+        limit = f"at least {format_size(MIN_SPOOL_BYTES)} ({MIN_SPOOL_BYTES} bytes)"
+    elif n > MAX_SPOOL_BYTES:
+        limit = f"at most {format_size(MAX_SPOOL_BYTES)} ({MAX_SPOOL_BYTES} bytes)"
+    else:
+        return n
+    raise ConfigError(option, f"must be {limit}, got {got}")
+
+
+def _parse_bool(option: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in _TRUE:
+            return True
+        if word in _FALSE:
+            return False
+    raise ConfigError(option, f"must be true or false (or 1/0, yes/no, on/off), got {value!r}")
+
+
+def _parse_int(option: str, value: object) -> int:
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            number = int(value.strip())
+    if number is None:
+        raise ConfigError(option, f"must be an integer, got {_shown(value)}")
+    low, high = _INTS[option]
+    if not low <= number <= high:
+        raise ConfigError(option, f"must be between {low} and {high}, got {number}")
+    return number
+
+
+def _parse_seconds(option: str, value: object) -> float:
+    number: float | None = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            number = float(value.strip())
+    if number is None:
+        raise ConfigError(option, f"must be a number of seconds, got {_shown(value)}")
+    low, high = _SECONDS[option]
+    if not low <= number <= high:  # also rejects NaN
+        raise ConfigError(option, f"must be between {low:g} and {high:g} seconds, got {number:g}")
+    return number
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, (str, int, float)):
+        return repr(value)
+    return f"a {type(value).__name__}"
+
+
+def _message(exc: ConfigError) -> str:
+    return str(exc).removeprefix(f"{exc.option}: ")
+
+
+# -- unknown names -------------------------------------------------------------------
+
+_warned: set[tuple[str, str]] = set()
+_warned_lock = threading.Lock()
+
+
+def _closest(name: str, spellings: Mapping[str, str]) -> str | None:
+    """The spelling whose lower-cased key is closest to ``name`` (difflib), if any is close."""
+    match = difflib.get_close_matches(name.lower(), list(spellings), n=1)
+    return spellings[match[0]] if match else None
+
+
+def _refuse_unknown(options: Mapping[str, Any]) -> None:
+    for name in sorted(set(options) - set(OPTIONS)):
+        suggestion = _closest(name, {o: o for o in OPTIONS})
+        hint = f"; did you mean {suggestion!r}?" if suggestion else ""
+        raise ConfigError(name, f"is not a spooler option{hint}")
+
+
+def _warn_once(where: str, shown: str, suggestion: str | None) -> None:
+    with _warned_lock:
+        if (where, shown) in _warned:
+            return
+        _warned.add((where, shown))
+    if suggestion:
+        logger.warning(
+            "%s in %s is not a spooler option and is ignored; did you mean %s?",
+            shown,
+            where,
+            suggestion,
+        )
+    else:
+        logger.warning(
+            "%s in %s is not a spooler option and is ignored (the options are listed in "
+            "spooler's README, Configuration)",
+            shown,
+            where,
+        )
+
+
+def _warn_unknown_variables(env: Iterable[str]) -> None:
+    known = set(ENV_VARS.values())
+    spellings: dict[str, str] = {}
+    for name, var in ENV_VARS.items():
+        spellings[var.removeprefix(ENV_PREFIX).lower()] = var
+        spellings.setdefault(name, var)  # EVENT_ENGINE_CLOUD_API_KEY -> ..._KEY
+    for var in env:
+        if var.upper().startswith(ENV_PREFIX) and var not in known:
+            suggestion = _closest(var[len(ENV_PREFIX) :], spellings)
+            _warn_once("the environment", var, suggestion)
+
+
+def options_from_settings(
+    settings: Mapping[Any, Any], *, prefix: str = "", where: str
+) -> dict[str, Any]:
+    """The spooler options in a framework's settings, by option name; values as given.
+
+    With a ``prefix`` (Flask's ``SPOOLER_``) spooler's keys are ``prefix + NAME`` with the
+    option's name upper-cased and other keys are left alone; without one (Django's
+    ``SPOOLER`` dict) every key must be an option's name. A key that is neither is
+    logged once as a warning naming the closest option (``where`` says where it was set)
+    and ignored. The values are parsed later, by :class:`Config`, like every source's.
+    """
+    spellings = {prefix + name.upper() if prefix else name: name for name in OPTIONS}
+    options: dict[str, Any] = {}
+    for key, value in settings.items():
+        if prefix and not (isinstance(key, str) and key.upper().startswith(prefix.upper())):
+            continue
+        name = spellings.get(key) if isinstance(key, str) else None
+        if name is not None:
+            options[name] = value
+            continue
+        suggestion = _closest(str(key), {k.lower(): k for k in spellings})
+        if prefix:
+            _warn_once(where, str(key), suggestion)
+        else:
+            _warn_once(where, repr(key), repr(suggestion) if suggestion else None)
+    return options
+
+
+# -- free-text options ---------------------------------------------------------------
 
 
 def is_loopback_host(host: str) -> bool:

@@ -2,12 +2,39 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from spooler.config import DEFAULT_ENDPOINT, Config, parse_size
+import spooler
+from spooler import config as config_module
+from spooler import reporter
+from spooler.config import (
+    DEFAULT_ENDPOINT,
+    ENV_VARS,
+    OPTIONS,
+    Config,
+    options_from_settings,
+    parse_size,
+)
 from spooler.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def _fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test sees the once-per-process warnings afresh."""
+    monkeypatch.setattr(config_module, "_warned", set())
+
+
+def config_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "spooler.config" and r.levelno == logging.WARNING
+    ]
 
 
 def test_defaults_match_the_seed_and_leave_reporting_off() -> None:
@@ -99,11 +126,18 @@ def test_an_empty_key_variable_means_no_key() -> None:
         ("batch_size", 0),
         ("batch_size", -1),
         ("batch_size", True),
-        ("batch_size", "50"),
+        ("batch_size", "fifty"),
+        ("batch_size", 2.5),
+        ("batch_size", None),
+        ("enabled", "maybe"),
+        ("enabled", 2),
         ("flush_interval", 0),
         ("flush_interval", float("nan")),
         ("spool_max_bytes", -5),
         ("spool_max_bytes", 1000),
+        ("spool_max_bytes", "512k"),
+        ("spool_max_bytes", "2TiB"),
+        ("spool_max_bytes", "64 MiBs"),
         ("endpoint", "ftp://example.com/ingest"),
         ("endpoint", "http://example.com/ingest"),
         ("endpoint", "http://10.0.0.5/ingest"),
@@ -171,24 +205,316 @@ def test_replace_validates_again() -> None:
         Config().replace(batch_size=0)
 
 
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        ("1048576", 1 << 20),
-        ("64MiB", 64 << 20),
-        ("64mb", 64 << 20),
-        ("2G", 2 << 30),
-        ("512k", 512 << 10),
-    ],
-)
-def test_sizes_accept_binary_units(raw: str, expected: int) -> None:
-    """Sizes take plain bytes or K/M/G units (binary)."""
-    assert parse_size(raw) == expected
-
-
 def test_configs_are_hashable_even_with_a_schema_mapping() -> None:
     """A config holding a schemas dict can still key a dict or a cache; equal configs hash alike."""
     a = Config(api_key="k", schemas={"order.placed": {"type": "object"}})
     b = Config(api_key="k", schemas={"order.placed": {"type": "object"}})
     assert a == b and hash(a) == hash(b)
     assert {a: 1}[b] == 1
+
+
+# -- one parser for every source -----------------------------------------------------
+
+# (option, what a person writes, what it means): each written form is accepted alike as a
+# keyword argument, an environment variable, a Flask key and a Django SPOOLER entry.
+SAME_EVERYWHERE = [
+    ("batch_size", "100", 100),
+    ("batch_size", " 100 ", 100),
+    ("batch_size", 100, 100),
+    ("buffer_size", "2000", 2000),
+    ("error_message_max_length", "0", 0),
+    ("flush_interval", "2.5", 2.5),
+    ("flush_interval", "3", 3.0),
+    ("flush_interval", 3, 3.0),
+    ("shutdown_timeout", "0", 0.0),
+    ("spool_max_bytes", "64MiB", 64 << 20),
+    ("spool_max_bytes", "64MB", 64_000_000),
+    ("spool_max_bytes", "2g", 2_000_000_000),
+    ("spool_max_bytes", "67108864", 64 << 20),
+    ("spool_max_bytes", 1 << 20, 1 << 20),
+    ("ship_in_process", "false", False),
+    ("ship_in_process", "0", False),
+    ("ship_in_process", "Off", False),
+    ("ship_in_process", 0, False),
+    ("send_error_message", "true", True),
+    ("send_error_message", "1", True),
+    ("send_error_message", "YES", True),
+    ("send_error_message", "on", True),
+    ("send_error_message", 1, True),
+    ("payload_endpoint", True, True),
+    ("spool_mode", "Immediate", "immediate"),
+    (
+        "dashboard_origins",
+        "https://a.example, https://b.example",
+        (
+            "https://a.example",
+            "https://b.example",
+        ),
+    ),
+]
+
+
+@pytest.fixture
+def no_reporter() -> Iterator[None]:
+    yield
+    spooler.shutdown(timeout=0.5)
+    reporter._reporter = None
+
+
+@pytest.mark.parametrize(("option", "written", "meant"), SAME_EVERYWHERE)
+def test_every_source_reads_the_same_forms_alike(
+    option: str, written: object, meant: object, no_reporter: None
+) -> None:
+    """Config(...), configure(...), the environment, Flask keys and Django's dict agree."""
+    env_form = written if isinstance(written, str) else str(written)
+    flask = options_from_settings(
+        {"SPOOLER_" + option.upper(): written}, prefix="SPOOLER_", where="the Flask config"
+    )
+    django = options_from_settings({option: written}, where="settings.SPOOLER")
+    built = [
+        Config(**{option: written}),
+        Config.from_env({}, **{option: written}),
+        Config.from_env({ENV_VARS[option]: env_form}),
+        Config.from_env({}, **flask),
+        Config.from_env({}, **django),
+        spooler.configure(**{option: written}).config,
+    ]
+    assert [getattr(c, option) for c in built] == [meant] * len(built)
+    assert all(type(getattr(c, option)) is type(meant) for c in built)
+
+
+@pytest.mark.parametrize(
+    ("option", "written"),
+    [
+        ("batch_size", "fifty"),
+        ("batch_size", "0"),
+        ("flush_interval", "soon"),
+        ("flush_interval", "nan"),
+        ("enabled", "maybe"),
+        ("spool_max_bytes", "512k"),
+        ("spool_max_bytes", "lots"),
+        ("spool_mode", "sometimes"),
+    ],
+)
+def test_every_source_refuses_the_same_forms_naming_the_option(
+    option: str, written: str, no_reporter: None
+) -> None:
+    """A bad value raises ConfigError for the option from every source, the same message."""
+    attempts = [
+        lambda: Config(**{option: written}),
+        lambda: spooler.configure(**{option: written}),
+        lambda: Config.from_env({ENV_VARS[option]: written}),
+    ]
+    messages = []
+    for attempt in attempts:
+        with pytest.raises(ConfigError) as info:
+            attempt()
+        assert info.value.option == option
+        messages.append(str(info.value))
+    assert messages[0] == messages[1]
+    # The environment's error also names the variable that was set.
+    assert messages[2] == f"{messages[0]} (from {ENV_VARS[option]})"
+
+
+def test_a_bad_value_for_an_option_the_arguments_override_is_never_read() -> None:
+    """An argument replaces its variable entirely, so a broken variable under it is harmless."""
+    cfg = Config.from_env({"EVENT_ENGINE_CLOUD_BATCH_SIZE": "fifty"}, batch_size="7")
+    assert cfg.batch_size == 7
+
+
+def test_replace_and_equality_see_parsed_values() -> None:
+    """Configs built from strings equal configs built from values, and survive replace()."""
+    a = Config(batch_size="100", spool_max_bytes="64MiB", enabled="0")
+    b = Config(batch_size=100, spool_max_bytes=64 << 20, enabled=False)
+    assert a == b and a.replace() == b
+    assert a.replace(flush_interval="5").flush_interval == 5.0
+
+
+# -- sizes ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("1048576", 1 << 20),
+        ("1048576B", 1 << 20),
+        ("64MiB", 64 << 20),
+        ("64mib", 64 << 20),
+        ("64 MiB", 64 << 20),
+        ("64MB", 64_000_000),
+        ("64mb", 64_000_000),
+        ("64M", 64_000_000),
+        ("512k", 512_000),
+        ("512 kB", 512_000),
+        ("512KiB", 512 << 10),
+        ("2G", 2_000_000_000),
+        ("2GiB", 2 << 30),
+        ("1.5GiB", 3 << 29),
+        ("1T", 10**12),
+        ("1TiB", 1 << 40),
+    ],
+)
+def test_sizes_follow_pydantics_convention(raw: str, expected: int) -> None:
+    """KiB/MiB/GiB are powers of 1024; kB/MB/GB and bare k/m/g powers of 1000; any case."""
+    assert parse_size(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "1048576",
+        "1048576b",
+        "64MiB",
+        "64mb",
+        "64 M",
+        "512k",
+        "512 KB",
+        "512kib",
+        "2G",
+        "2gib",
+        "1.5GiB",
+        "0.5 mb",
+        "3TB",
+        "1tib",
+    ],
+)
+def test_sizes_agree_with_pydantic_bytesize(raw: str) -> None:
+    """The convention is pydantic's ByteSize, checked against pydantic itself."""
+    pydantic = pytest.importorskip("pydantic")
+    assert parse_size(raw) == pydantic.TypeAdapter(pydantic.ByteSize).validate_python(raw)
+
+
+def test_a_size_below_the_minimum_is_explained_in_the_users_units() -> None:
+    """512k is refused with the limit in MiB and bytes, and what was given, as given."""
+    with pytest.raises(ConfigError) as info:
+        Config(spool_max_bytes="512k")
+    assert info.value.option == "spool_max_bytes"
+    assert str(info.value) == (
+        "spool_max_bytes: must be at least 1 MiB (1048576 bytes), got '512k' (512000 bytes)"
+    )
+    with pytest.raises(ConfigError) as info:
+        Config(spool_max_bytes=1000)
+    assert str(info.value).endswith("got 1000 bytes")
+    with pytest.raises(ConfigError) as info:
+        Config.from_env({"EVENT_ENGINE_CLOUD_SPOOL_MAX_BYTES": "2TiB"})
+    assert "at most 1 TiB (1099511627776 bytes), got '2TiB'" in str(info.value)
+
+
+def test_an_unreadable_size_says_what_sizes_look_like() -> None:
+    """A size in no known unit names both unit families in the error."""
+    with pytest.raises(ConfigError) as info:
+        parse_size("64 MiBs")
+    assert "64MiB" in str(info.value) and "500MB" in str(info.value)
+    assert "'64 MiBs'" in str(info.value)
+
+
+# -- unknown names -------------------------------------------------------------------
+
+
+def test_a_misspelt_variable_is_warned_about_once_naming_the_closest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """EVENT_ENGINE_CLOUD_BATCHSIZE logs one WARNING pointing at ..._BATCH_SIZE; its value never."""
+    env = {"EVENT_ENGINE_CLOUD_BATCHSIZE": "500", "EVENT_ENGINE_CLOUD_API_KEY": "sk_live_x9"}
+    with caplog.at_level(logging.WARNING, logger="spooler.config"):
+        Config.from_env(env)
+        Config.from_env(env)
+    assert sorted(config_warnings(caplog)) == [
+        "EVENT_ENGINE_CLOUD_API_KEY in the environment is not a spooler option and is ignored;"
+        " did you mean EVENT_ENGINE_CLOUD_KEY?",
+        "EVENT_ENGINE_CLOUD_BATCHSIZE in the environment is not a spooler option and is "
+        "ignored; did you mean EVENT_ENGINE_CLOUD_BATCH_SIZE?",
+    ]
+    assert "sk_live_x9" not in caplog.text
+    assert Config.from_env(env).api_key is None
+
+
+def test_an_unknown_variable_with_no_near_option_is_still_named(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A variable resembling nothing is warned about without a guess."""
+    with caplog.at_level(logging.WARNING, logger="spooler.config"):
+        Config.from_env({"EVENT_ENGINE_CLOUD_ZZZ": "1"})
+    [message] = config_warnings(caplog)
+    assert message.startswith("EVENT_ENGINE_CLOUD_ZZZ in the environment is not a spooler")
+    assert "did you mean" not in message
+
+
+def test_the_documented_variables_are_never_warned_about(
+    caplog: pytest.LogCaptureFixture, tmp_path: os.PathLike[str]
+) -> None:
+    """Every variable in ENV_VARS (the README's table), and APP_ENV and friends, is silent."""
+    env = {var: "" for var in ENV_VARS.values()}
+    env.update(
+        EVENT_ENGINE_CLOUD_ENDPOINT=DEFAULT_ENDPOINT,
+        EVENT_ENGINE_CLOUD_ENVIRONMENT="prod",
+        EVENT_ENGINE_CLOUD_APP_NAME="shop",
+        EVENT_ENGINE_CLOUD_BATCH_SIZE="10",
+        EVENT_ENGINE_CLOUD_FLUSH_INTERVAL="1",
+        EVENT_ENGINE_CLOUD_SPOOL_PATH=os.path.join(os.fspath(tmp_path), "s.db"),
+        EVENT_ENGINE_CLOUD_SPOOL_MAX_BYTES="8MiB",
+        EVENT_ENGINE_CLOUD_SPOOL_MODE="background",
+        EVENT_ENGINE_CLOUD_SHUTDOWN_TIMEOUT="1",
+        EVENT_ENGINE_CLOUD_BUFFER_SIZE="10",
+        EVENT_ENGINE_CLOUD_ERROR_MESSAGE_MAX_LENGTH="10",
+        EVENT_ENGINE_CLOUD_SCHEMAS=os.fspath(tmp_path),
+        EVENT_ENGINE_CLOUD_DASHBOARD_ORIGINS="https://app.example",
+        APP_ENV="x",
+        DJANGO_ENV="x",
+        FLASK_ENV="x",
+        ENVIRONMENT="x",
+    )
+    assert set(ENV_VARS) == set(OPTIONS)
+    with caplog.at_level(logging.DEBUG, logger="spooler.config"):
+        Config.from_env(env)
+    assert config_warnings(caplog) == []
+
+
+def test_a_misspelt_framework_key_is_warned_about_once_and_ignored(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Flask's SPOOLER_BATCHSIZE and Django's {'flush_intreval': ...} each log one WARNING."""
+    flask_config = {"SPOOLER_BATCHSIZE": "100", "SPOOLER_API_KEY": "k", "SECRET_KEY": "x"}
+    django_dict = {"flush_intreval": 5, "API_KEY": "k2", "batch_size": 3}
+    with caplog.at_level(logging.WARNING, logger="spooler.config"):
+        for _ in range(2):
+            flask = options_from_settings(flask_config, prefix="SPOOLER_", where="the Flask config")
+            django = options_from_settings(django_dict, where="settings.SPOOLER")
+    assert flask == {"api_key": "k"}
+    assert django == {"batch_size": 3}
+    assert sorted(config_warnings(caplog)) == [
+        "'API_KEY' in settings.SPOOLER is not a spooler option and is ignored; did you mean "
+        "'api_key'?",
+        "'flush_intreval' in settings.SPOOLER is not a spooler option and is ignored; did you "
+        "mean 'flush_interval'?",
+        "SPOOLER_BATCHSIZE in the Flask config is not a spooler option and is ignored; did you "
+        "mean SPOOLER_BATCH_SIZE?",
+    ]
+
+
+def test_an_unknown_argument_raises_and_suggests_the_closest(no_reporter: None) -> None:
+    """configure(batchsize=5) is a programming error: it raises, naming batch_size."""
+    with pytest.raises(ConfigError) as info:
+        spooler.configure(batchsize=5)
+    assert info.value.option == "batchsize"
+    assert str(info.value) == "batchsize: is not a spooler option; did you mean 'batch_size'?"
+
+
+# -- app_name ------------------------------------------------------------------------
+
+
+def test_a_framework_default_sits_between_the_directory_and_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: os.PathLike[str]
+) -> None:
+    """defaults= beats the folder's name; EVENT_ENGINE_CLOUD_APP_NAME and arguments beat it."""
+    folder = os.path.join(os.fspath(tmp_path), "app")
+    os.mkdir(folder)
+    monkeypatch.chdir(folder)
+    shop: dict[str, Any] = {"app_name": "shop"}
+    assert Config.from_env({}).app_name == "app"
+    assert Config.from_env({}, defaults=shop).app_name == "shop"
+    env = {"EVENT_ENGINE_CLOUD_APP_NAME": "billing"}
+    assert Config.from_env(env, defaults=shop).app_name == "billing"
+    assert Config.from_env(env, defaults=shop, app_name="api").app_name == "api"
+    with pytest.raises(ConfigError):
+        Config.from_env({}, defaults={"app_nme": "x"})
