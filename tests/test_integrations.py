@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -22,6 +24,7 @@ from flask import Flask
 
 import spooler
 from examples.outbox_app import CUSTOMERS, OutboxApp
+from spooler import config as config_module
 from spooler import reporter
 from spooler.config import Config
 from spooler.integrations import start_once
@@ -298,3 +301,188 @@ def test_django_app_starts_in_ready_and_serves_payloads(receiver: Receiver, tmp_
     }
     assert wait_for(lambda: arrived(receiver, 1))
     assert EMAIL not in stored_text(receiver)
+
+
+# -- options the framework's way: strings, unknown keys, the app's name ---------------
+
+
+@pytest.fixture
+def plain_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No EVENT_ENGINE_CLOUD_* variable, fresh once-only warnings, cwd a folder named 'srv'."""
+    for var in list(os.environ):
+        if var.upper().startswith("EVENT_ENGINE_CLOUD_"):
+            monkeypatch.delenv(var)
+    monkeypatch.setattr(config_module, "_warned", set())
+    folder = tmp_path / "srv"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    return folder
+
+
+def config_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "spooler.config"]
+
+
+def test_flask_reads_strings_and_warns_once_about_a_misspelt_key(
+    receiver: Receiver, tmp_path: Path, plain_env: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SPOOLER_BATCH_SIZE = "100" works like 100; SPOOLER_FLUSH_INTERVL is named, once."""
+    config = {"SPOOLER_" + k.upper(): v for k, v in options(receiver, tmp_path).items()}
+    config.update(
+        SPOOLER_BATCH_SIZE="100",
+        SPOOLER_SPOOL_MAX_BYTES="8MiB",
+        SPOOLER_SEND_ERROR_MESSAGE="true",
+        SPOOLER_PAYLOAD_ENDPOINT="0",
+        SPOOLER_FLUSH_INTERVL="1",
+    )
+    with caplog.at_level(logging.WARNING, logger="spooler.config"):
+        app = Flask("shop")
+        app.config.update(config)
+        extension = Spooler(app)
+        Spooler().init_app(app)  # an app factory called again
+    assert extension.reporter is not None
+    cfg = extension.reporter.config
+    assert (cfg.batch_size, cfg.spool_max_bytes) == (100, 8 << 20)
+    assert (cfg.send_error_message, cfg.payload_endpoint) == (True, False)
+    assert config_warnings(caplog) == [
+        "SPOOLER_FLUSH_INTERVL in the Flask config is not a spooler option and is ignored; "
+        "did you mean SPOOLER_FLUSH_INTERVAL?"
+    ]
+
+
+def test_flask_names_the_app_after_its_import_name(
+    plain_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Flask("shop.web") reports 'shop'; the variable and SPOOLER_APP_NAME win over it."""
+
+    def app_name(import_name: str, **config: str) -> str:
+        app = Flask(import_name)
+        app.config.update(config)
+        reporter = Spooler(app).reporter
+        assert reporter is not None
+        return reporter.config.app_name
+
+    assert app_name("shop.web") == "shop"
+    assert app_name("shop") == "shop"
+    assert app_name("__main__") == plain_env.name == "srv"
+    monkeypatch.setenv("EVENT_ENGINE_CLOUD_APP_NAME", "billing")
+    assert app_name("shop.web") == "billing"
+    assert app_name("shop.web", SPOOLER_APP_NAME="orders") == "orders"
+
+
+def test_fastapi_names_the_app_after_its_title(
+    plain_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FastAPI(title="Orders API") reports it; the default title and Starlette use the folder."""
+    from starlette.applications import Starlette
+
+    async def app_name(app: Any, **options: Any) -> str:
+        async with spooler_lifespan(**options)(app):
+            running = spooler.get_reporter()
+            assert running is not None
+            return running.config.app_name
+
+    assert asyncio.run(app_name(FastAPI(title="Orders API"))) == "Orders API"
+    assert asyncio.run(app_name(FastAPI())) == "srv"
+    assert asyncio.run(app_name(Starlette())) == "srv"
+    assert asyncio.run(app_name(FastAPI(title="Orders API"), app_name="orders")) == "orders"
+    monkeypatch.setenv("EVENT_ENGINE_CLOUD_APP_NAME", "billing")
+    assert asyncio.run(app_name(FastAPI(title="Orders API"))) == "billing"
+
+
+DJANGO_PROBE = textwrap.dedent(
+    """
+    import json, logging, sys
+
+    import django
+    from django.conf import settings
+
+    logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
+    if sys.argv[1] != "-":
+        settings.configure(
+            ROOT_URLCONF=sys.argv[1],
+            INSTALLED_APPS=["spooler.integrations.django"],
+            SPOOLER={"enabled": "false"},
+        )
+    django.setup()
+
+    import spooler
+    from django.apps import apps
+
+    apps.get_app_config("spooler").ready()  # ready() may run twice; one warning
+    c = spooler.get_reporter().config
+    print(json.dumps({
+        "app_name": c.app_name,
+        "batch_size": c.batch_size,
+        "spool_max_bytes": c.spool_max_bytes,
+        "ship_in_process": c.ship_in_process,
+    }))
+    """
+)
+
+
+def django_probe(tmp_path: Path, cwd: Path, root_urlconf: str, **env: str) -> tuple[Any, str]:
+    """Run DJANGO_PROBE in a fresh interpreter; its JSON line and its stderr."""
+    script = tmp_path / "probe.py"
+    script.write_text(DJANGO_PROBE)
+    child = {k: v for k, v in os.environ.items() if not k.startswith(("EVENT_ENGINE_", "DJANGO_"))}
+    child["PYTHONPATH"] = os.pathsep.join([str(REPO), str(tmp_path)])
+    child.update(env)
+    result = subprocess.run(
+        [sys.executable, str(script), root_urlconf],
+        cwd=cwd,
+        env=child,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1]), result.stderr
+
+
+def test_django_reads_strings_warns_once_and_names_the_settings_package(
+    tmp_path: Path, plain_env: Path
+) -> None:
+    """DJANGO_SETTINGS_MODULE=mysite.settings reports 'mysite'; SPOOLER's strings are parsed."""
+    site = tmp_path / "mysite"
+    site.mkdir()
+    (site / "__init__.py").write_text("")
+    (site / "urls.py").write_text("urlpatterns = []\n")
+    (site / "settings.py").write_text(
+        textwrap.dedent(
+            """
+            SECRET_KEY = "django-insecure-test-only-" + "x" * 40
+            ROOT_URLCONF = "mysite.urls"
+            INSTALLED_APPS = ["spooler.integrations.django"]
+            SPOOLER = {
+                "batch_size": "100",
+                "spool_max_bytes": "8MiB",
+                "ship_in_process": "off",
+                "flush_intreval": 1,
+            }
+            """
+        )
+    )
+    seen, err = django_probe(tmp_path, plain_env, "-", DJANGO_SETTINGS_MODULE="mysite.settings")
+    assert seen == {
+        "app_name": "mysite",
+        "batch_size": 100,
+        "spool_max_bytes": 8 << 20,
+        "ship_in_process": False,
+    }
+    warning = (
+        "spooler.config WARNING 'flush_intreval' in settings.SPOOLER is not a spooler option "
+        "and is ignored; did you mean 'flush_interval'?"
+    )
+    assert err.count(warning) == 1, err
+
+
+@pytest.mark.parametrize(
+    ("root_urlconf", "expected"), [("shopsite.urls", "shopsite"), ("__main__", "srv")]
+)
+def test_django_without_a_settings_module_uses_root_urlconfs_package(
+    tmp_path: Path, plain_env: Path, root_urlconf: str, expected: str
+) -> None:
+    """settings.configure(ROOT_URLCONF="shopsite.urls") reports 'shopsite'; __main__ the folder."""
+    seen, _ = django_probe(tmp_path, plain_env, root_urlconf)
+    assert seen["app_name"] == expected

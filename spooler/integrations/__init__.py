@@ -1,6 +1,8 @@
 """Framework integrations: Django, Flask and FastAPI/Starlette set spooler up their own way.
 
-Each one reads its options the framework's way, then calls :func:`start_once`, which
+Each one reads its options the framework's way (unknown keys are warned about, see
+:func:`spooler.config.options_from_settings`) and names the app the framework's way
+(:func:`app_name_defaults`), then calls :func:`start_once`, which
 configures and starts the process's reporter unless an identical one already runs (an app
 factory called twice, Django's ``ready()`` run again in tests). Starting only subscribes to
 the notifications: files and threads come on the first event in each process, so a
@@ -34,7 +36,13 @@ from spooler.endpoint import (
 )
 from spooler.reporter import Reporter, configure, get_reporter
 
-__all__ = ["LazyEndpoint", "lazy_asgi_app", "lazy_wsgi_app", "start_once"]
+__all__ = [
+    "LazyEndpoint",
+    "app_name_defaults",
+    "lazy_asgi_app",
+    "lazy_wsgi_app",
+    "start_once",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -42,13 +50,14 @@ _start_lock = threading.Lock()
 _NOT_FOUND = b'{"error":"not_found"}'
 
 
-def start_once(**options: Any) -> Reporter:
+def start_once(defaults: Mapping[str, Any] | None = None, /, **options: Any) -> Reporter:
     """Configure (options win over ``EVENT_ENGINE_CLOUD_*``) and start, once per process.
 
-    When the running reporter already has exactly this configuration it is returned as is;
-    a different configuration replaces it (``spooler.configure`` logs a warning then).
+    ``defaults`` (the framework's name for the app) sit beneath the environment. When the
+    running reporter already has exactly this configuration it is returned as is; a
+    different configuration replaces it (``spooler.configure`` logs a warning then).
     """
-    config = Config.from_env(None, **options)
+    config = Config.from_env(None, defaults=defaults, **options)
     with _start_lock:
         current = get_reporter()
         if current is not None and current.active and current.config == config:
@@ -56,6 +65,24 @@ def start_once(**options: Any) -> Reporter:
         reporter = configure(config)
         reporter.start()
         return reporter
+
+
+def app_name_defaults(module: object, *, package_only: bool = False) -> dict[str, Any]:
+    """``{"app_name": ...}`` from a dotted module name's first part, or ``{}`` if it names none.
+
+    ``"shop.settings"`` gives ``shop``. ``__main__`` and private names give nothing, and so
+    does a name without a package when ``package_only`` (Django's top-level ``settings``
+    module says nothing about the app); the working directory's name is used then.
+    """
+    if not isinstance(module, str) or not module.strip():
+        return {}
+    parts = module.strip().split(".")
+    if package_only and len(parts) < 2:
+        return {}
+    first = parts[0]
+    if not first.isidentifier() or first.startswith("_"):
+        return {}
+    return {"app_name": first}
 
 
 class LazyEndpoint:

@@ -6,6 +6,7 @@
     mount_payload_endpoint(app, outbox.lookup)     # GET /eventengine/events/<id>
 
 Options given to :func:`spooler_lifespan` win over ``EVENT_ENGINE_CLOUD_*`` variables.
+Unless set, ``app_name`` is the app's ``title`` (when it is not FastAPI's default, ``FastAPI``).
 Your own lifespan can run it inside::
 
     @asynccontextmanager
@@ -38,7 +39,7 @@ def spooler_lifespan(**options: Any) -> Callable[[Any], AbstractAsyncContextMana
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
-        reporter = start_once(**options)
+        reporter = start_once(_app_name(app), **options)
         try:
             yield
         finally:
@@ -46,6 +47,14 @@ def spooler_lifespan(**options: Any) -> Callable[[Any], AbstractAsyncContextMana
                 await asyncio.to_thread(reporter.shutdown)
 
     return lifespan
+
+
+def _app_name(app: Any) -> dict[str, Any]:
+    # FastAPI's title names the app unless it is the default; Starlette has none.
+    title = getattr(app, "title", None)
+    if isinstance(title, str) and title.strip() and title.strip() != "FastAPI":
+        return {"app_name": title.strip()}
+    return {}
 
 
 def mount_payload_endpoint(

@@ -3,7 +3,8 @@
 Every :class:`~spooler.config.Config` option has a key: its name upper-cased with the prefix
 ``SPOOLER_`` (``SPOOLER_API_KEY``, ``SPOOLER_FLUSH_INTERVAL``, ``SPOOLER_PAYLOAD_ENDPOINT``).
 Keys that are set win over ``EVENT_ENGINE_CLOUD_*`` variables; options given to
-``Spooler(**options)`` are defaults beneath ``app.config``::
+``Spooler(**options)`` are defaults beneath ``app.config``. Unless set, ``app_name`` is the
+first part of ``app.import_name`` (``Flask("shop.web")`` reports ``shop``)::
 
     app = Flask(__name__)
     app.config["SPOOLER_API_KEY"] = os.environ["EVENT_ENGINE_CLOUD_KEY"]
@@ -13,16 +14,15 @@ Keys that are set win over ``EVENT_ENGINE_CLOUD_*`` variables; options given to
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
-from spooler.config import Config
+from spooler.config import Config, options_from_settings
 from spooler.endpoint import Lookup
-from spooler.integrations import lazy_wsgi_app, start_once
+from spooler.integrations import app_name_defaults, lazy_wsgi_app, start_once
 from spooler.reporter import Reporter
 
 __all__ = ["CONFIG_PREFIX", "Spooler", "mount_payload_endpoint", "options_from_config"]
@@ -31,13 +31,12 @@ CONFIG_PREFIX = "SPOOLER_"
 
 
 def options_from_config(config: Mapping[str, Any], prefix: str = CONFIG_PREFIX) -> dict[str, Any]:
-    """The spooler options set in a Flask config: ``SPOOLER_API_KEY`` -> ``api_key``, ..."""
-    options = {}
-    for option in dataclasses.fields(Config):
-        key = prefix + option.name.upper()
-        if key in config:
-            options[option.name] = config[key]
-    return options
+    """The spooler options set in a Flask config: ``SPOOLER_API_KEY`` -> ``api_key``, ...
+
+    A ``SPOOLER_*`` key that names no option is logged once as a warning (with the closest
+    key) and ignored. Values are parsed like every source's: ``"100"``, ``"true"``, ``"64MiB"``.
+    """
+    return options_from_settings(config, prefix=prefix, where="the Flask config")
 
 
 class Spooler:
@@ -52,7 +51,7 @@ class Spooler:
     def init_app(self, app: Flask) -> None:
         """Configure from ``app.config`` and start the reporter (once per process)."""
         options = {**self.options, **options_from_config(app.config)}
-        self.reporter = start_once(**options)
+        self.reporter = start_once(app_name_defaults(app.import_name), **options)
         app.extensions["spooler"] = self
 
 

@@ -8,8 +8,11 @@
     # urls.py: GET /eventengine/events/<id> for the dashboard
     urlpatterns += payload_urlpatterns(outbox_lookup)
 
-``SPOOLER`` takes every :class:`~spooler.config.Config` option by name; what it sets wins over
-``EVENT_ENGINE_CLOUD_*`` variables. The app config (``apps.SpoolerConfig``) starts the
+``SPOOLER`` takes every :class:`~spooler.config.Config` option by name, in the forms every
+source takes (``"100"``, ``"true"``, ``"64MiB"``); what it sets wins over
+``EVENT_ENGINE_CLOUD_*`` variables, and a key that names no option is logged once as a
+warning and ignored. Unless set, ``app_name`` is the settings package (``shop`` for
+``DJANGO_SETTINGS_MODULE=shop.settings``). The app config (``apps.SpoolerConfig``) starts the
 reporter in ``ready()``, once per process.
 """
 
