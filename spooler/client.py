@@ -247,6 +247,9 @@ class CloudClient:
                     timeout=self._timeout,
                     follow_redirects=False,
                     transport=self._transport,
+                    # Plain http (loopback only, see Config) has no certificate to check:
+                    # skip loading the CA bundle (tens of ms at start).
+                    verify=self._endpoint.startswith("https:"),
                 )
             return self._client, self._in_flight
 

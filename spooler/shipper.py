@@ -45,7 +45,7 @@ from spooler.errors import (
 )
 from spooler.lock import ShipperLock
 from spooler.serializer import build_heartbeat, load_schemas
-from spooler.spool import Spool, SpoolRow, iso_epoch, now_iso
+from spooler.spool import Spool, SpoolBatch, SpoolRow, iso_epoch, now_iso
 
 __all__ = ["BACKOFF_INITIAL", "BACKOFF_MAX", "CycleResult", "Shipper", "ShipperLock"]
 
@@ -74,6 +74,17 @@ class CycleResult:
 
 class _Stopped(Exception):
     """The shipper was stopped while sleeping out a backoff."""
+
+
+@dataclass
+class _Request:
+    """One request's body, key and entry count, and the rows or range it carries."""
+
+    body: bytes
+    key: str
+    count: int
+    rows: list[SpoolRow] = field(default_factory=list)
+    batch: SpoolBatch | None = None
 
 
 class _Gone(Exception):
@@ -421,13 +432,21 @@ class Shipper:
                     return
             elif self._stop.is_set():
                 return
-            rows = self.spool.read_batch(self.config.batch_size, after_id=after_id)
-            if not rows:
+            try:
+                batch = self.spool.read_body(self.config.batch_size, after_id=after_id)
+            except ValueError:
+                # A row that is not JSON: read_batch moves it to dead_letters.
+                rows = self.spool.read_batch(self.config.batch_size, after_id=after_id)
+                if rows and not self._deliver(rows, result, final=final):
+                    return
+                if rows:
+                    after_id = rows[-1].id
+                continue
+            if batch is None:
                 return
-            ok = self._deliver(rows, result, final=final)
-            if not ok:
+            if not self._deliver_batch(batch, result, final=final):
                 return
-            after_id = rows[-1].id
+            after_id = batch.last_id
 
     # -- one batch -----------------------------------------------------------------
 
@@ -447,45 +466,106 @@ class Shipper:
         digest = hashlib.sha256(f"{sid}:{','.join(str(r.id) for r in rows)}".encode())
         return body, digest.hexdigest()[:40]
 
+    def _deliver_batch(self, batch: SpoolBatch, result: CycleResult, *, final: bool) -> bool:
+        """The common case: a batch SQLite built as one body, acknowledged as one range.
+        A rejection falls back to rows, which can be split and bisected."""
+        sid = self.spool.spool_id or "spool"
+
+        def prepare(again: bool) -> _Request | None:
+            current: SpoolBatch | None = batch
+            if again:  # evicted meanwhile? send only what is still spooled
+                current = self.spool.read_body(
+                    batch.count, after_id=batch.first_id - 1, last_id=batch.last_id
+                )
+            if current is None:
+                return None
+            key = f"{sid}:{current.first_id}-{current.last_id}:{current.count}"
+            digest = hashlib.sha256(key.encode()).hexdigest()[:40]
+            return _Request(current.body.encode("utf-8"), digest, current.count, batch=current)
+
+        try:
+            sent = self._send_with_retry(prepare, result, final=final)
+        except _Gone:
+            return True
+        except (PayloadTooLargeError, RejectedError) as exc:
+            rows = self.spool.read_batch(batch.count, after_id=batch.first_id - 1)
+            rows = [r for r in rows if r.id <= batch.last_id]
+            return self._split(rows, exc, result, final=final) if rows else True
+        except (DeliveryError, tenacity.RetryError) as exc:
+            return self._failed(exc, result)
+        assert sent.batch is not None
+        self.spool.ack_range(sent.batch.first_id, sent.batch.last_id, sent.count)
+        self._delivered(sent.count, result)
+        return True
+
     def _deliver(self, rows: Sequence[SpoolRow], result: CycleResult, *, final: bool) -> bool:
         """Send rows (splitting or bisecting as the Cloud asks); False to stop this cycle."""
+
+        def prepare(again: bool) -> _Request | None:
+            current = self.spool.still_waiting(rows) if again else list(rows)
+            if not current:
+                return None
+            body, key = self._body(current)
+            return _Request(body, key, len(current), rows=current)
+
         try:
-            rows = self._send_with_retry(rows, result, final=final)
+            sent = self._send_with_retry(prepare, result, final=final)
         except _Gone:
             return True  # evicted meanwhile: counted as evicted, nothing to send
         except (PayloadTooLargeError, RejectedError) as exc:
-            if len(rows) == 1:
-                reason = "too large" if isinstance(exc, PayloadTooLargeError) else "rejected"
-                result.rejected += self.spool.dead_letter(
-                    [rows[0].id], status=exc.status, reason=f"Cloud answered {exc.status}: {reason}"
-                )
-                return True
-            half = len(rows) // 2
-            return self._deliver(rows[:half], result, final=final) and self._deliver(
-                rows[half:], result, final=final
-            )
-        except AuthError as exc:
-            self._pause(exc, result)
-            return False
-        except PermanentDeliveryError as exc:
-            self._pause(exc, result)
-            return False
-        except (TransientDeliveryError, tenacity.RetryError) as exc:
-            self._record_error(_describe(exc), result)
-            return False
-        self.spool.ack([r.id for r in rows])
-        result.shipped += len(rows)
-        result.batches += 1
-        self._resume()
+            return self._split(rows, exc, result, final=final)
+        except (DeliveryError, tenacity.RetryError) as exc:
+            return self._failed(exc, result)
+        self.spool.ack([r.id for r in sent.rows])
+        self._delivered(sent.count, result)
         return True
 
-    def _send_with_retry(
-        self, rows: Sequence[SpoolRow], result: CycleResult, *, final: bool
-    ) -> Sequence[SpoolRow]:
-        """Send ``rows`` until the Cloud takes them; returns the rows it took.
+    def _split(
+        self,
+        rows: Sequence[SpoolRow],
+        exc: PayloadTooLargeError | RejectedError,
+        result: CycleResult,
+        *,
+        final: bool,
+    ) -> bool:
+        """413 halves the batch; 400/422 bisect it down to the entries the Cloud rejects,
+        which move to dead_letters (one alone that is too large, too)."""
+        if len(rows) == 1:
+            reason = "too large" if isinstance(exc, PayloadTooLargeError) else "rejected"
+            result.rejected += self.spool.dead_letter(
+                [rows[0].id], status=exc.status, reason=f"Cloud answered {exc.status}: {reason}"
+            )
+            return True
+        half = len(rows) // 2
+        return self._deliver(rows[:half], result, final=final) and self._deliver(
+            rows[half:], result, final=final
+        )
 
-        Before each retry the batch is read again: rows evicted at the cap during
-        an outage are not sent (they are counted as evicted, and must not arrive too).
+    def _delivered(self, count: int, result: CycleResult) -> None:
+        result.shipped += count
+        result.batches += 1
+        self._resume()
+
+    def _failed(self, exc: BaseException, result: CycleResult) -> bool:
+        """A batch the Cloud did not take (and will not, as it stands): always False."""
+        if isinstance(exc, PermanentDeliveryError):
+            self._pause(exc, result)
+        else:
+            self._record_error(_describe(exc), result)
+        return False
+
+    def _send_with_retry(
+        self,
+        prepare: Callable[[bool], _Request | None],
+        result: CycleResult,
+        *,
+        final: bool,
+    ) -> _Request:
+        """Send what ``prepare`` builds until the Cloud takes it; returns what it took.
+
+        Before each retry ``prepare(True)`` reads the batch again: rows evicted at the
+        cap during an outage are not sent (they are counted as evicted, and must not
+        arrive too); None when none is left.
         """
         stop: Any = tenacity.stop_when_event_set(self._stop)
         if final:
@@ -494,20 +574,20 @@ class Shipper:
             stop = stop | tenacity.stop_after_attempt(self._max_attempts)
 
         failures: list[BaseException] = []
-        current = list(rows)
+        current: _Request | None = None
         attempts = 0
 
         def attempt() -> None:
             nonlocal current, attempts
             attempts += 1
-            if attempts > 1:
-                current = self.spool.still_waiting(current)
-                if not current:
-                    raise _Gone
-            body, key = self._body(current)
+            current = prepare(attempts > 1)
+            if current is None:
+                raise _Gone
             if not final and self._stop.is_set():
                 raise _Stopped  # a stop between the checks and the send: do not start it
-            self.client.send_entries_json(body, count=len(current), idempotency_key=key)
+            self.client.send_entries_json(
+                current.body, count=current.count, idempotency_key=current.key
+            )
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             result.retries += 1
@@ -533,6 +613,7 @@ class Shipper:
             if failures:
                 raise failures[-1] from None
             raise TransientDeliveryError("stopped before sending", status=None) from None
+        assert current is not None
         return current
 
     def _sleep(self, seconds: float) -> None:

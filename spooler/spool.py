@@ -48,6 +48,7 @@ __all__ = [
     "COUNTER_NAMES",
     "SCHEMA_VERSION",
     "Spool",
+    "SpoolBatch",
     "SpoolRow",
     "SpoolStats",
     "iso_epoch",
@@ -129,6 +130,16 @@ os.register_at_fork(
     after_in_parent=_after_fork_in_parent,
     after_in_child=_after_fork_in_child,
 )
+
+
+@dataclass(frozen=True)
+class SpoolBatch:
+    """A batch read as one request body: rows ``first_id..last_id``, ``count`` of them."""
+
+    first_id: int
+    last_id: int
+    count: int
+    body: str
 
 
 class _WalFull(Exception):
@@ -718,6 +729,62 @@ class Spool:
         if unreadable:
             self.dead_letter(unreadable, status=None, reason="unreadable JSON in spool")
         return rows
+
+    def read_body(
+        self, limit: int, *, after_id: int = 0, last_id: int | None = None
+    ) -> SpoolBatch | None:
+        """The next batch as a ready request body.
+
+        Up to ``limit`` rows above ``after_id`` (and up to ``last_id`` if given), each
+        with its ``entry_id`` (``<spool id>-<row id>``) spliced in before the closing
+        brace of the stored JSON object (spooler's own encoding: never parsed again),
+        joined in id order. None when nothing waits there. Raises
+        :class:`ValueError` when a row does not look like a JSON object: read those
+        rows with :meth:`read_batch`, which checks each and moves bad ones aside.
+        """
+        upper = (1 << 62) if last_id is None else last_id
+        with self._locked(5.0) as conn:
+            # fetchall ends the read transaction at once: never hold a snapshot open
+            # across network I/O (checkpoint starvation).
+            rows = conn.execute(
+                "SELECT id, entry FROM entries WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
+                (after_id, upper, limit),
+            ).fetchall()
+        if not rows:
+            return None
+        prefix = ',"entry_id":"' + (self.spool_id or "spool") + "-"
+        try:
+            parts = [text[:-1] + prefix + str(id_) + '"}' for id_, text in rows if text[-1] == "}"]
+        except (TypeError, IndexError):
+            parts = []
+        if len(parts) != len(rows) or any(text[:2] in ("{}", "{ ") for _, text in rows):
+            raise ValueError("a row does not hold a JSON object as spooler writes it")
+        body = '{"entries":[' + ",".join(parts) + "]}"
+        return SpoolBatch(int(rows[0][0]), int(rows[-1][0]), len(rows), body)
+
+    def ack_range(self, first_id: int, last_id: int, count: int, *, timeout: float = 5.0) -> int:
+        """Delete the batch ``first_id..last_id`` of ``count`` rows the Cloud took.
+
+        Ids only grow, so the rows in that range are exactly the batch read: one
+        range delete. Rows gone meanwhile were evicted in flight and count as shipped.
+        """
+
+        def work(conn: sqlite3.Connection) -> int:
+            n = int(
+                conn.execute(
+                    "DELETE FROM entries WHERE id BETWEEN ? AND ?", (first_id, last_id)
+                ).rowcount
+            )
+            self._bump(conn, "shipped", count)
+            if count > n:
+                self._bump(conn, "evicted", n - count)
+            conn.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES ('last_delivery_at', ?)",
+                (now_iso(),),
+            )
+            return n
+
+        return int(self._transaction(work, timeout))
 
     def ack(self, ids: Iterable[int], *, timeout: float | None = 5.0) -> int:
         """Delete rows the Cloud took and count them as shipped; returns rows deleted.

@@ -627,3 +627,27 @@ def test_the_request_body_splices_entry_ids_into_the_stored_json(spool_path: str
     finally:
         shipper.close()
         spool.close()
+
+
+def test_rows_that_are_not_json_objects_are_set_aside_and_the_rest_delivered(
+    receiver: Receiver, spool: Spool
+) -> None:
+    """Text that is not spooler's JSON (written by hand with sqlite3) is moved to
+    dead_letters; every other row arrives once, in order, with its entry_id."""
+    spool.append_many([make_entry(i) for i in range(3)])
+    with closing(sqlite3.connect(spool.path)) as conn:
+        for text in ("not json", "{}", "[1, 2]"):
+            conn.execute(
+                "INSERT INTO entries(kind, created_at, entry) VALUES ('emitted', 'now', ?)",
+                (text,),
+            )
+        conn.commit()
+    spool.append_many([make_entry(i) for i in range(3, 6)])
+    with shipping(receiver, spool, batch_size=50, sleep=Sleeps()) as shipper:
+        result = shipper.cycle(heartbeat=False)
+    assert event_ids(receiver) == list(range(6))
+    kept = [text for _, _, text in dead_letters(spool.path)]
+    assert sorted(kept) == sorted(["not json", "{}", "[1, 2]"])
+    assert result.shipped == 6
+    ids = [e["entry_id"] for e in receiver.entries()]
+    assert len(set(ids)) == 6 and all(i.startswith(f"{spool.spool_id}-") for i in ids)
