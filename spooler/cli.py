@@ -1,48 +1,96 @@
-"""``python -m spooler``: ship, status, receive, demo. The only module that sets up logging."""
+"""``python -m spooler``: ship, status, receive, demo. The only module that sets up logging.
+
+Every user error (a bad flag, a file that is not a spool, a taken port) is one line on stderr
+naming the fix, with a non-zero exit status; ``-vv`` adds the traceback. ``-v``, ``-vv`` and
+``-q`` work before or after the command.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
+import math
 import os
 import signal
+import sqlite3
 import sys
 import textwrap
-from collections.abc import Sequence
-from typing import Any
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from spooler._version import __version__
 from spooler.config import ENV_VARS, Config
 from spooler.errors import ConfigError, ShipperLockedError, SpoolError
+
+if TYPE_CHECKING:
+    from spooler.shipper import Shipper
 
 __all__ = ["main"]
 
 logger = logging.getLogger("spooler.cli")
 
 EXIT_OK = 0
-EXIT_LEFT = 1  # --once: something is still waiting or was rejected
-EXIT_USAGE = 2
-EXIT_LOCKED = 3
+EXIT_LEFT = 1  # ship --once: something still waits; status: there is no spool
+EXIT_USAGE = 2  # a user error: flags, configuration, a file that is not a spool, a taken port
+EXIT_LOCKED = 3  # ship: another shipper already ships this spool
+
+
+class _UserError(Exception):
+    """A mistake the user can fix; ``main`` prints it as one line and exits with ``code``."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors, already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE if exc.code else EXIT_OK
+    verbose = args.verbose + getattr(args, "sub_verbose", 0)
+    if args.quiet or getattr(args, "sub_quiet", False):
+        if verbose:
+            print("spooler: -q and -v contradict each other; give one of them", file=sys.stderr)
+            return EXIT_USAGE
+        verbose = -1
+    args.verbose = verbose
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_USAGE
-    _setup_logging(args.verbose)
+    _setup_logging(verbose)
     try:
         code: int = args.func(args)
         return code
+    except _UserError as exc:
+        return _fail(args, str(exc), exc.code)
     except ConfigError as exc:
-        print(f"spooler: configuration error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except SpoolError as exc:  # an unsafe or unreadable spool: one line, no traceback
-        print(f"spooler: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(args, f"configuration error: {exc}", EXIT_USAGE)
+    except SpoolError as exc:  # an unsafe or unreadable spool
+        return _fail(args, str(exc), EXIT_USAGE)
+    except (OSError, sqlite3.Error) as exc:  # a file or folder the user pointed at
+        hint = "" if args.verbose >= 2 else " (-vv shows the traceback)"
+        return _fail(args, f"{_describe(exc)}{hint}", EXIT_USAGE)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+    if args.verbose >= 2:
+        traceback.print_exc(file=sys.stderr)
+    print(f"spooler {args.command}: {message}", file=sys.stderr)
+    return code
 
 
 def _setup_logging(verbose: int) -> None:
@@ -55,13 +103,31 @@ def _setup_logging(verbose: int) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING if verbose < 2 else logging.DEBUG)
 
 
-def _config(args: argparse.Namespace, **extra: Any) -> Config:
-    overrides: dict[str, Any] = dict(extra)
-    for name in ("spool_path", "endpoint", "batch_size", "flush_interval", "spool_max_bytes"):
-        value = getattr(args, name, None)
-        if value is not None:
-            overrides[name] = value
-    return Config.from_env(os.environ, **overrides)
+#: option -> the flag that sets it
+_FLAGS = {
+    "spool_path": "--spool",
+    "endpoint": "--endpoint",
+    "batch_size": "--batch-size",
+    "flush_interval": "--flush-interval",
+}
+
+
+def _config(args: argparse.Namespace) -> Config:
+    """The configuration from EVENT_ENGINE_CLOUD_* variables, flags winning over them.
+
+    Flags are passed as the strings typed, so they go through the same parser as every
+    other source; an error names the flag.
+    """
+    overrides = {
+        name: getattr(args, name) for name in _FLAGS if getattr(args, name, None) is not None
+    }
+    try:
+        return Config.from_env(os.environ, **overrides)
+    except ConfigError as exc:
+        if exc.option in overrides:
+            message = str(exc).removeprefix(f"{exc.option}: ")
+            raise ConfigError(exc.option, f"{message} (from {_FLAGS[exc.option]})") from None
+        raise
 
 
 # -- ship --------------------------------------------------------------------------
@@ -72,34 +138,18 @@ def _cmd_ship(args: argparse.Namespace) -> int:
 
     config = _config(args)
     if not config.api_key:
-        print(
-            f"spooler ship: no API key; set {ENV_VARS['api_key']} (nothing shipped)",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
+        raise _UserError(f"no API key; set {ENV_VARS['api_key']} (nothing shipped)")
     max_attempts = args.max_attempts if args.max_attempts is not None else 5 if args.once else None
-    if max_attempts is not None and max_attempts < 1:
-        print("spooler ship: --max-attempts must be at least 1", file=sys.stderr)
-        return EXIT_USAGE
     backoff_max = BACKOFF_MAX if args.backoff_max is None else args.backoff_max
-    if not backoff_max > 0:
-        print("spooler ship: --backoff-max must be a positive number of seconds", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        shipper = Shipper(config, max_attempts=max_attempts, backoff_max=backoff_max)
-    except SpoolError as exc:  # an unsafe spool file or folder
-        print(f"spooler ship: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    shipper = Shipper(config, max_attempts=max_attempts, backoff_max=backoff_max)
     try:
         shipper.lock.acquire()
     except ShipperLockedError as exc:
-        print(f"spooler ship: {exc}; exiting", file=sys.stderr)
         shipper.close()
-        return EXIT_LOCKED
-    except SpoolError as exc:
-        print(f"spooler ship: {exc}", file=sys.stderr)
+        raise _UserError(f"{exc}; exiting", EXIT_LOCKED) from exc
+    except BaseException:
         shipper.close()
-        return EXIT_USAGE
+        raise
 
     def on_signal(signum: int, _frame: object) -> None:
         logger.info(
@@ -118,20 +168,35 @@ def _cmd_ship(args: argparse.Namespace) -> int:
     )
     try:
         if args.once:
-            result = shipper.drain()
-            stats = shipper.spool.stats()
-            ok = stats.depth == 0 and result.rejected == 0 and result.error is None
-            logger.info(
-                "--once: delivered %d, rejected %d, %d still waiting",
-                result.shipped,
-                result.rejected,
-                stats.depth,
-            )
-            return EXIT_OK if ok else EXIT_LEFT
+            return _ship_once(shipper)
         shipper.run()
         return EXIT_OK
     finally:
         shipper.close()
+
+
+def _ship_once(shipper: Shipper) -> int:
+    """Drain, say what happened in one line, and exit 1 only if something still waits.
+
+    Dead-lettered entries do not wait: the Cloud refused them for good, and they are kept
+    in the spool's dead_letters table for inspection (``spooler status`` counts them).
+    """
+    result = shipper.drain()
+    waiting = shipper.spool.stats().depth
+    summary = f"--once: delivered {result.shipped}"
+    if result.rejected:
+        summary += (
+            f", dead-lettered {result.rejected} (refused by the Cloud; kept for inspection, "
+            "see `spooler status`)"
+        )
+    summary += f", {waiting} still waiting"
+    if waiting:
+        if result.error:
+            summary += f" (last error: {result.error})"
+        logger.warning("%s; run ship again to retry", summary)
+        return EXIT_LEFT
+    logger.info("%s", summary)
+    return EXIT_OK
 
 
 # -- status ------------------------------------------------------------------------
@@ -139,7 +204,7 @@ def _cmd_ship(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     from spooler.lock import holder_pid
-    from spooler.spool import read_stats
+    from spooler.stats import iso_epoch, read_stats
 
     config = _config(args)
     try:
@@ -150,6 +215,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         else:
             print(f"no spool at {config.spool_file}")
         return EXIT_LEFT
+    except sqlite3.Error as exc:
+        raise _UserError(_unreadable(config.spool_file, exc)) from exc
     data = stats.as_dict()
     data["exists"] = True
     data["shipper_pid"] = holder_pid(config.spool_file)
@@ -162,6 +229,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
     age = stats.oldest_age_seconds
     pid = data["shipper_pid"]
     shipper = f"running, pid {pid}" if pid else "not running"
+    last_error = "none"
+    if stats.last_error:
+        error_epoch = iso_epoch(stats.last_error_at or "")
+        when = stats.last_error_at or "unknown time"
+        if error_epoch is not None:
+            when += f", {_age(max(0.0, time.time() - error_epoch))}"
+        last_error = f"{stats.last_error} (at {when})"
     lines = [
         f"spool          {stats.path}",
         f"spool id       {stats.spool_id}",
@@ -175,11 +249,26 @@ def _cmd_status(args: argparse.Namespace) -> int:
         f"dead letters   {stats.dead_letters} kept for inspection",
         "counters       " + ", ".join(f"{name} {c[name]}" for name in _counter_order(c)),
         f"last delivery  {stats.last_delivery_at or 'never'}",
-        f"last error     {stats.last_error or 'none'}"
-        + (f" (at {stats.last_error_at})" if stats.last_error else ""),
+        f"last error     {last_error}",
     ]
     print("\n".join(lines))
     return EXIT_OK
+
+
+def _unreadable(path: str, exc: sqlite3.Error) -> str:
+    """One line saying why ``path`` could not be read as a spool, and what to do."""
+    reason = str(exc)
+    fix = f"point --spool or {ENV_VARS['spool_path']} at the spool (default .spooler/spool.db)"
+    if "not a database" in reason:
+        return (
+            f"{path} is not an SQLite database ({reason}), so not a spool; {fix}. A damaged "
+            "spool is moved aside by the app or `spooler ship` when they open it"
+        )
+    if reason.startswith(("no such table", "no such column")):
+        return f"{path} is an SQLite database but not a spooler spool ({reason}); {fix}"
+    if "locked" in reason or "busy" in reason:
+        return f"{path} is locked by another process ({reason}); try again in a moment"
+    return f"cannot read {path} as a spool ({reason}); check the file and its permissions"
 
 
 def _counter_order(counters: dict[str, int]) -> list[str]:
@@ -215,22 +304,41 @@ def _size(n: int) -> str:
 def _cmd_receive(args: argparse.Namespace) -> int:
     from spooler.receiver import Faults, Receiver
 
+    if args.fail_status is None and (args.fail_rate > 0 or args.fail_first > 0):
+        raise _UserError(
+            "--fail-rate and --fail-first inject an HTTP status: add --fail-status, "
+            "e.g. --fail-status 503 --fail-rate 0.5"
+        )
     key = os.environ.get(ENV_VARS["api_key"]) or args.dev_key
-    faults = Faults(
-        status=args.fail_status,
-        rate=args.fail_rate,
-        first_n=args.fail_first,
-        retry_after=args.retry_after,
-        delay=args.delay,
-        close_rate=args.close_rate,
-        max_body_bytes=args.max_body_bytes,
-        reject_event_names=frozenset(args.reject_event or ()),
-    )
+    if not key:
+        raise _UserError(f"no key to expect; set {ENV_VARS['api_key']} or --dev-key")
+    try:
+        faults = Faults(
+            status=args.fail_status,
+            rate=args.fail_rate,
+            first_n=args.fail_first,
+            retry_after=args.retry_after,
+            delay=args.delay,
+            close_rate=args.close_rate,
+            max_body_bytes=args.max_body_bytes,
+            reject_event_names=frozenset(args.reject_event or ()),
+        )
+    except ValueError as exc:  # the flags' own checks should have caught it first
+        raise _UserError(f"{exc}; see spooler receive --help") from exc
     db = args.db or os.path.join(os.getcwd(), ".spooler", "receiver.db")
     os.makedirs(os.path.dirname(os.path.abspath(db)), mode=0o700, exist_ok=True)
-    receiver = Receiver(api_key=key, db_path=db, host=args.host, port=args.port, faults=faults)
+    try:
+        receiver = Receiver(api_key=key, db_path=db, host=args.host, port=args.port, faults=faults)
+    except sqlite3.Error as exc:
+        raise _UserError(
+            f"cannot use {db} as the receiver's database ({exc}); give --db a new file or "
+            "one the receiver made"
+        ) from exc
+    listening = False
 
     def ready(r: Receiver) -> None:
+        nonlocal listening
+        listening = True
         source = ENV_VARS["api_key"] if os.environ.get(ENV_VARS["api_key"]) else "--dev-key"
         print(
             f"receiving on {r.url} (key from {source}); storing in {r.db_path}; Ctrl-C stops",
@@ -239,8 +347,26 @@ def _cmd_receive(args: argparse.Namespace) -> int:
         )
 
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    receiver.serve_forever(on_ready=ready)
+    try:
+        receiver.serve_forever(on_ready=ready)
+    except OSError as exc:
+        if listening:
+            raise
+        raise _UserError(_cannot_listen(args.host, args.port, exc)) from exc
     return EXIT_OK
+
+
+def _cannot_listen(host: str, port: int, exc: OSError) -> str:
+    where = f"{host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"{where} is already in use (another receiver?); stop that process, or pick "
+            "another port with --port (--port 0 picks a free one)"
+        )
+    if exc.errno == errno.EACCES:
+        return f"no permission to listen on {where}; use a port above 1023 with --port"
+    reason = exc.strerror or str(exc)
+    return f"cannot listen on {where} ({reason}); --host must be an address of this machine"
 
 
 # -- demo --------------------------------------------------------------------------
@@ -262,8 +388,38 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 # -- parser ------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line: the problem and where the help is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _number(
+    kind: Callable[[str], float], low: float, high: float = math.inf, *, what: str = "a number"
+) -> Callable[[str], Any]:
+    """An argparse type: ``kind(text)`` within ``[low, high]``, else a one-line error."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not low <= value <= high:  # also refuses NaN
+            bound = f"at least {low:g}" if high == math.inf else f"between {low:g} and {high:g}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+
+    return parse
+
+
+_SHARE = _number(float, 0.0, 1.0, what="a share between 0 and 1")
+_SECONDS = _number(float, 0.0, 24 * 3600.0, what="a number of seconds")
+_COUNT = _number(int, 0, what="a whole number")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="spooler",
         description="Report event metadata to EventEngine Cloud through a durable local spool.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -271,23 +427,41 @@ def _parser() -> argparse.ArgumentParser:
             """
             Configuration comes from EVENT_ENGINE_CLOUD_* variables (see README);
             flags override them. The API key is read from EVENT_ENGINE_CLOUD_KEY only.
+            -v, -vv and -q go before or after the command.
 
             examples:
               python -m spooler demo
               EVENT_ENGINE_CLOUD_KEY=... python -m spooler ship
-              python -m spooler status --json
+              python -m spooler -v status --json
             """
         ),
     )
     parser.add_argument("--version", action="version", version=f"spooler {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more logging (-vv: debug, tracebacks)"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    raw = argparse.RawDescriptionHelpFormatter  # keeps the epilogs' lines
 
     def common(p: argparse.ArgumentParser) -> None:
+        # Counted apart from the global flags (argparse would let the command's default
+        # overwrite them); main() adds them up.
         p.add_argument(
-            "-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)"
+            "-v",
+            "--verbose",
+            dest="sub_verbose",
+            action="count",
+            default=argparse.SUPPRESS,
+            help="more logging (-vv: debug, tracebacks)",
         )
         p.add_argument(
-            "-q", "--quiet", dest="verbose", action="store_const", const=-1, help="warnings only"
+            "-q",
+            "--quiet",
+            dest="sub_quiet",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="warnings and errors only",
         )
 
     def spool_opts(p: argparse.ArgumentParser) -> None:
@@ -300,29 +474,39 @@ def _parser() -> argparse.ArgumentParser:
 
     ship = sub.add_parser(
         "ship",
+        formatter_class=raw,
         help="deliver the spool to the Cloud until stopped",
         description="Deliver spooled entries to the Cloud; SIGTERM/SIGINT stop it cleanly.",
-        epilog="example: EVENT_ENGINE_CLOUD_KEY=... python -m spooler ship --once",
+        epilog=(
+            "exit status: 0 ok; 1 --once left entries waiting; 2 no key, bad\n"
+            "configuration or an unsafe spool; 3 another shipper ships this spool.\n\n"
+            "example: EVENT_ENGINE_CLOUD_KEY=... python -m spooler ship --once"
+        ),
     )
     spool_opts(ship)
-    ship.add_argument("--endpoint", help="Cloud ingest URL (https, or http to loopback)")
-    ship.add_argument("--batch-size", type=int, help="entries per request (default 50)")
-    ship.add_argument("--flush-interval", type=float, help="seconds between flushes (default 10)")
+    ship.add_argument(
+        "--endpoint", metavar="URL", help="Cloud ingest URL (https, or http to loopback)"
+    )
+    ship.add_argument("--batch-size", metavar="N", help="entries per request (default 50)")
+    ship.add_argument(
+        "--flush-interval", metavar="SECONDS", help="seconds between flushes (default 10)"
+    )
     ship.add_argument(
         "--once",
         action="store_true",
-        help="drain what is there and exit: 0 if all delivered, 1 if anything is left",
+        help="drain what is there and exit: 0 if nothing waits (dead-lettered entries do "
+        "not wait), 1 if something does",
     )
     ship.add_argument(
         "--max-attempts",
-        type=int,
+        type=_number(int, 1, what="a whole number"),
         metavar="N",
         help="advanced: tries per batch before giving up for now (default 5 with --once, "
         "else until delivered)",
     )
     ship.add_argument(
         "--backoff-max",
-        type=float,
+        type=_number(float, 0.001, 24 * 3600.0, what="a number of seconds"),
         metavar="SECONDS",
         help="advanced: longest wait between retries, also how often a refused key is "
         "probed (default 60); e.g. --once --max-attempts 2 --backoff-max 0.1 gives up fast",
@@ -332,9 +516,13 @@ def _parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser(
         "status",
+        formatter_class=raw,
         help="show the spool: waiting rows, bytes, counters, last delivery and error",
         description="Show a spool's state without changing it. Never prints the API key.",
-        epilog="example: python -m spooler status --json | jq .counters",
+        epilog=(
+            "exit status: 0 shown; 1 no spool there; 2 the file is not a spool.\n\n"
+            "example: python -m spooler status --json | jq .counters"
+        ),
     )
     spool_opts(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -343,59 +531,106 @@ def _parser() -> argparse.ArgumentParser:
 
     receive = sub.add_parser(
         "receive",
+        formatter_class=raw,
         help="run a local stand-in for the Cloud ingest API",
         description=(
-            "A local ingest server: checks the contract and the bearer key, stores what it "
-            "accepts in SQLite, drops duplicates, and can inject faults."
+            "A local ingest server: checks the contract and the bearer key, stores what\n"
+            "it accepts in SQLite, drops duplicates, and can inject faults."
         ),
-        epilog="example: python -m spooler receive --port 8787 --fail-status 503 --fail-rate 0.2",
+        epilog=(
+            "exit status: 0 stopped by Ctrl-C/SIGTERM; 2 bad flags, the port is taken,\n"
+            "or --db is not the receiver's database.\n\n"
+            "example: python -m spooler receive --port 8787 --fail-status 503 --fail-rate 0.2"
+        ),
     )
     receive.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    receive.add_argument("--port", type=int, default=8787, help="port (default 8787; 0 picks one)")
-    receive.add_argument("--db", help="where to store what arrives (default .spooler/receiver.db)")
+    receive.add_argument(
+        "--port",
+        type=_number(int, 0, 65535, what="a port number"),
+        default=8787,
+        help="port (default 8787; 0 picks one)",
+    )
+    receive.add_argument(
+        "--db", metavar="PATH", help="where to store what arrives (default .spooler/receiver.db)"
+    )
     receive.add_argument(
         "--dev-key",
+        metavar="KEY",
         default="local-dev-key",
         help="key to expect when EVENT_ENGINE_CLOUD_KEY is unset (default local-dev-key)",
     )
-    receive.add_argument("--fail-status", type=int, help="answer this HTTP status to some requests")
-    receive.add_argument("--fail-rate", type=float, default=0.0, help="share of requests (0..1)")
-    receive.add_argument("--fail-first", type=int, default=0, help="fail the first N requests")
-    receive.add_argument("--retry-after", help="Retry-After value sent with injected statuses")
     receive.add_argument(
-        "--delay", type=float, default=0.0, help="seconds to wait before answering"
+        "--fail-status",
+        type=_number(int, 100, 599, what="an HTTP status"),
+        metavar="STATUS",
+        help="answer this HTTP status to some requests (with --fail-rate or --fail-first)",
     )
     receive.add_argument(
-        "--close-rate", type=float, default=0.0, help="share of connections dropped"
+        "--fail-rate", type=_SHARE, default=0.0, metavar="R", help="share of requests (0..1)"
     )
-    receive.add_argument("--max-body-bytes", type=int, help="answer 413 to larger bodies")
+    receive.add_argument(
+        "--fail-first", type=_COUNT, default=0, metavar="N", help="fail the first N requests"
+    )
+    receive.add_argument(
+        "--retry-after", metavar="V", help="Retry-After value sent with injected statuses"
+    )
+    receive.add_argument(
+        "--delay",
+        type=_SECONDS,
+        default=0.0,
+        metavar="SECONDS",
+        help="seconds to wait before answering",
+    )
+    receive.add_argument(
+        "--close-rate", type=_SHARE, default=0.0, metavar="R", help="share of connections dropped"
+    )
+    receive.add_argument(
+        "--max-body-bytes", type=_COUNT, metavar="N", help="answer 413 to larger bodies"
+    )
     receive.add_argument(
         "--reject-event",
         action="append",
         metavar="NAME",
-        help="answer 422 to entries of this event",
+        help="answer 422 to entries of this event (repeatable)",
     )
     common(receive)
     receive.set_defaults(func=_cmd_receive)
 
     demo = sub.add_parser(
         "demo",
+        formatter_class=raw,
         help="run the example outbox app, a local receiver and the shipper, then summarise",
         description=(
-            "The main job with no Cloud account: starts a local receiver, runs the example "
-            "outbox app (some events fail into the dead-letter path), ships, and prints a summary."
+            "The main job with no Cloud account: starts a local receiver, runs the example\n"
+            "outbox app (some events fail into the dead-letter path), ships, and prints\n"
+            "a summary."
         ),
-        epilog="example: python -m spooler demo --seconds 10 --rate 200",
+        epilog=(
+            "exit status: 0 when everything spooled arrived.\n\n"
+            "example: python -m spooler demo --seconds 10 --rate 200"
+        ),
     )
     demo.add_argument(
-        "--seconds", type=float, default=8.0, help="how long the app runs (default 8)"
-    )
-    demo.add_argument("--rate", type=float, default=150.0, help="events per second (default 150)")
-    demo.add_argument(
-        "--fail-share", type=float, default=0.05, help="share of events that dead-letter"
+        "--seconds", type=_SECONDS, default=8.0, help="how long the app runs (default 8)"
     )
     demo.add_argument(
-        "--workdir", help="where the spool and receiver files go (default ./.spooler/demo)"
+        "--rate",
+        type=_number(float, 0.001, what="events per second"),
+        default=150.0,
+        metavar="N",
+        help="events per second (default 150)",
+    )
+    demo.add_argument(
+        "--fail-share",
+        type=_SHARE,
+        default=0.05,
+        metavar="F",
+        help="share of events that dead-letter (0..1, default 0.05)",
+    )
+    demo.add_argument(
+        "--workdir",
+        metavar="DIR",
+        help="where the spool and receiver files go (default ./.spooler/demo)",
     )
     common(demo)
     demo.set_defaults(func=_cmd_demo)

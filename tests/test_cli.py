@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import os
 import random
+import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from spooler.cli import main
+from spooler.cli import _parser, main
 from spooler.config import ENV_VARS, Config
 from spooler.receiver import Faults, Receiver
 from spooler.shipper import Shipper, ShipperLock
@@ -175,34 +179,86 @@ def test_ship_once_exits_0_when_everything_is_delivered(
 
 
 def test_ship_once_exits_1_when_the_cloud_is_down(
-    spool_path: str, cli_env: None, capsys: pytest.CaptureFixture[str]
+    spool_path: str,
+    cli_env: None,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """``ship --once`` gives up after its retries and exits 1, leaving the rows spooled."""
     fill(spool_path, 3)
     endpoint = f"http://127.0.0.1:{free_port()}"
     argv = ["ship", "--once", "--spool", spool_path, "--endpoint", endpoint]
-    code = main([*argv, "--max-attempts", "2", "--backoff-max", "0.05"])
+    with caplog.at_level(logging.INFO, logger="spooler.cli"):
+        code = main([*argv, "--max-attempts", "2", "--backoff-max", "0.05"])
     assert code == 1
     with Spool(spool_path) as s:
         stats = s.stats()
     assert stats.depth == 3 and stats.last_error
-    assert KEY not in "".join(capsys.readouterr())
+    [summary] = [r for r in caplog.records if r.getMessage().startswith("--once:")]
+    assert summary.levelno == logging.WARNING
+    assert "delivered 0, 3 still waiting (last error: " in summary.getMessage()
+    assert KEY not in "".join(capsys.readouterr()) + caplog.text
 
 
-def test_ship_once_exits_1_when_something_was_rejected(
-    spool_path: str, receiver: Receiver, cli_env: None
+def test_ship_once_exits_0_when_only_dead_letters_remain(
+    spool_path: str, receiver: Receiver, cli_env: None, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """``ship --once`` delivers what it can but exits 1 when the Cloud rejected an entry."""
+    """A dead-lettered entry does not wait: --once exits 0 and its summary counts it."""
     receiver.set_faults(Faults(reject_event_names=frozenset({"poison"})))
     fill(spool_path, 2)
     fill(spool_path, 1, name="poison", start=2)
-    assert main(["ship", "--once", "--spool", spool_path, "--endpoint", receiver.url]) == 1
+    with caplog.at_level(logging.INFO, logger="spooler.cli"):
+        code = main(["ship", "--once", "--spool", spool_path, "--endpoint", receiver.url])
+    assert code == 0
     assert [e["event_id"] for e in receiver.entries()] == [0, 1]
+    with Spool(spool_path) as s:
+        stats = s.stats()
+    assert (stats.depth, stats.dead_letters, stats.counters["dead_lettered"]) == (0, 1, 1)
+    [summary] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("--once:")]
+    assert summary.startswith("--once: delivered 2, dead-lettered 1 (refused by the Cloud")
+    assert summary.endswith(", 0 still waiting")
 
 
-def test_ship_rejects_a_nonsensical_max_attempts(spool_path: str, cli_env: None) -> None:
-    """``--max-attempts 0`` is a usage error, not a shipper that never sends."""
+def test_ship_once_exits_1_when_entries_wait_beside_dead_letters(
+    spool_path: str, receiver: Receiver, cli_env: None
+) -> None:
+    """With dead letters kept and the Cloud then failing, what still waits decides the 1."""
+    argv = ["ship", "--once", "--spool", spool_path, "--endpoint", receiver.url]
+    receiver.set_faults(Faults(reject_event_names=frozenset({"poison"})))
+    fill(spool_path, 1, name="poison")
+    fill(spool_path, 1, start=1)
+    assert main(argv) == 0
+    receiver.set_faults(Faults(status=503, rate=1.0))
+    fill(spool_path, 2, start=2)
+    assert main([*argv, "--max-attempts", "1", "--backoff-max", "0.05"]) == 1
+    with Spool(spool_path) as s:
+        stats = s.stats()
+    assert (stats.depth, stats.dead_letters) == (2, 1)
+
+
+def test_ship_rejects_a_nonsensical_max_attempts(
+    spool_path: str, cli_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--max-attempts 0`` is a one-line usage error, not a shipper that never sends."""
     assert main(["ship", "--once", "--spool", spool_path, "--max-attempts", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        "spooler ship: argument --max-attempts: must be at least 1, got 0 (see spooler ship --help)"
+    )
+    assert not os.path.exists(spool_path)
+
+
+def test_ship_flags_go_through_the_config_parser_and_errors_name_the_flag(
+    spool_path: str, cli_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--batch-size fifty`` is refused in one line naming the flag; nothing is created."""
+    assert main(["ship", "--once", "--spool", spool_path, "--batch-size", "fifty"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "spooler ship: configuration error: batch_size: must be an integer, got 'fifty' "
+        "(from --batch-size)\n"
+    )
+    assert not os.path.exists(spool_path)
 
 
 # -- status ----------------------------------------------------------------------------
@@ -246,7 +302,9 @@ def test_status_shows_every_number_and_never_the_key(
         assert f"{name} {stats.counters[name]}" in out
     assert "shipped 3" in out and "dead_lettered 1" in out
     assert stats.last_delivery_at is not None and stats.last_delivery_at in out
-    assert "last error     HTTP 503" in out
+    assert stats.last_error == "HTTP 503" and stats.last_error_at is not None
+    assert f"last error     HTTP 503 (at {stats.last_error_at}, " in out
+    assert re.search(r"last error .* s ago\)$", out, re.MULTILINE)
     assert KEY not in out + err
 
 
@@ -318,6 +376,255 @@ def test_receive_stores_a_valid_batch_and_stops_on_sigterm(tmp_path: Path) -> No
     assert proc.returncode == 0, err
     assert KEY not in line + out + err
     assert Receiver(api_key=KEY, db_path=db).entry_ids() == ["e-1"]
+
+
+# -- flags and user errors ------------------------------------------------------------
+
+
+def run_cli(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """``python -m spooler ARGS`` in a real child process."""
+    return subprocess.run(
+        [sys.executable, "-m", "spooler", *args],
+        env=child_env(**env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,  # a hang detector
+    )
+
+
+def one_line(text: str) -> str:
+    """``text`` if it is exactly one line; fails the test otherwise."""
+    assert text.endswith("\n") and text.count("\n") == 1, text
+    return text.strip()
+
+
+@pytest.fixture
+def not_a_database(tmp_path: Path) -> Path:
+    """A file that is not an SQLite database, where a spool was expected."""
+    path = tmp_path / "notes.db"
+    path.write_bytes(b"not a database, just notes\n" * 200)
+    return path
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-vv", "status", "--spool", "{path}"],
+        ["status", "--spool", "{path}", "-vv"],
+        ["-v", "status", "-v", "--spool", "{path}"],
+        ["--verbose", "status", "--verbose", "--spool", "{path}"],
+    ],
+)
+def test_verbosity_flags_count_before_and_after_the_command(
+    tmp_path: Path, not_a_database: Path, argv: list[str]
+) -> None:
+    """-v/-vv go on either side of the command and add up: -vv shows the traceback."""
+    result = run_cli([a.format(path=not_a_database) for a in argv], tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" in result.stderr and "sqlite3.DatabaseError" in result.stderr
+    assert result.stderr.rstrip().splitlines()[-1].startswith("spooler status: ")
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_v_and_q_work_before_the_command(tmp_path: Path, where: str) -> None:
+    """``spooler -v status`` and ``spooler -q status`` run (they used to be usage errors)."""
+    missing = str(tmp_path / "none.db")
+    for flag in ("-v", "-q"):
+        argv = [flag, "status", "--spool", missing]
+        if where == "after":
+            argv = ["status", "--spool", missing, flag]
+        result = run_cli(argv, tmp_path)
+        assert result.returncode == 1, result.stderr
+        assert result.stdout == f"no spool at {missing}\n" and result.stderr == ""
+
+
+@pytest.mark.parametrize("argv", [["-q", "ship", "--once"], ["ship", "--once", "-q"]])
+def test_q_before_or_after_the_command_leaves_warnings_only(
+    tmp_path: Path, spool_path: str, receiver: Receiver, argv: list[str]
+) -> None:
+    """-q silences ship's INFO lines wherever it stands; without it they show."""
+    fill(spool_path, 2)
+    env = ship_env(spool_path, receiver.url)
+    loud = subprocess.run(
+        [sys.executable, "-m", "spooler", "ship", "--once"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert loud.returncode == 0 and "INFO spooler.cli: --once: delivered 2" in loud.stderr
+    fill(spool_path, 2, start=2)
+    quiet = subprocess.run(
+        [sys.executable, "-m", "spooler", *argv],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr == ""
+    assert len(receiver.entries()) == 4
+
+
+def test_q_and_v_together_are_refused(tmp_path: Path) -> None:
+    """Asking for less and more logging at once is a one-line usage error."""
+    result = run_cli(["-q", "status", "-v"], tmp_path)
+    assert result.returncode == 2
+    assert one_line(result.stderr) == "spooler: -q and -v contradict each other; give one of them"
+
+
+def test_help_and_version_return_0_from_main(capsys: pytest.CaptureFixture[str]) -> None:
+    """main(argv) returns argparse's exit status instead of raising SystemExit."""
+    assert main(["--version"]) == 0
+    assert main(["status", "--help"]) == 0
+    assert main(["nonsense"]) == 2
+    err = capsys.readouterr().err
+    assert one_line(err).startswith("spooler: argument COMMAND: invalid choice: 'nonsense'")
+
+
+def test_status_of_a_file_that_is_not_a_database_is_one_line_and_leaves_it_alone(
+    tmp_path: Path, not_a_database: Path
+) -> None:
+    """status on a non-database exits 2 with one line pointing at --spool; the file is intact."""
+    before = not_a_database.read_bytes()
+    for extra in ([], ["--json"]):
+        result = run_cli(["status", "--spool", str(not_a_database), *extra], tmp_path)
+        assert result.returncode == 2 and result.stdout == ""
+        line = one_line(result.stderr)
+        assert line.startswith(f"spooler status: {not_a_database} is not an SQLite database")
+        assert "point --spool or EVENT_ENGINE_CLOUD_SPOOL_PATH at the spool" in line
+    assert not_a_database.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [not_a_database.name]
+
+
+def test_status_of_the_receivers_database_says_it_is_not_a_spool(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """Pointing status at the receiver's SQLite file is one line, not 'no such column'."""
+    result = run_cli(["status", "--spool", receiver.db_path], tmp_path)
+    assert result.returncode == 2 and result.stdout == ""
+    line = one_line(result.stderr)
+    assert line.startswith(
+        f"spooler status: {receiver.db_path} is an SQLite database but not a spooler spool"
+    )
+    assert "--spool" in line and "Traceback" not in result.stderr
+
+
+def test_receive_on_a_port_in_use_is_one_line_naming_the_fix(tmp_path: Path) -> None:
+    """A taken port exits 2 with one line suggesting --port, not an OSError traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli(
+            ["receive", "--port", str(port), "--db", str(tmp_path / "r.db")],
+            tmp_path,
+            EVENT_ENGINE_CLOUD_KEY=KEY,
+        )
+    assert result.returncode == 2
+    assert one_line(result.stderr) == (
+        f"spooler receive: 127.0.0.1:{port} is already in use (another receiver?); stop that "
+        "process, or pick another port with --port (--port 0 picks a free one)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (
+            ["--fail-rate", "0.5"],
+            "spooler receive: --fail-rate and --fail-first inject an HTTP status: add "
+            "--fail-status, e.g. --fail-status 503 --fail-rate 0.5",
+        ),
+        (
+            ["--fail-first", "3"],
+            "spooler receive: --fail-rate and --fail-first inject an HTTP status: add "
+            "--fail-status, e.g. --fail-status 503 --fail-rate 0.5",
+        ),
+        (
+            ["--fail-status", "503", "--fail-rate", "1.5"],
+            "spooler receive: argument --fail-rate: must be between 0 and 1, got 1.5 "
+            "(see spooler receive --help)",
+        ),
+        (
+            ["--fail-status", "42"],
+            "spooler receive: argument --fail-status: must be between 100 and 599, got 42 "
+            "(see spooler receive --help)",
+        ),
+        (
+            ["--delay", "soon"],
+            "spooler receive: argument --delay: expected a number of seconds, got 'soon' "
+            "(see spooler receive --help)",
+        ),
+    ],
+)
+def test_receive_fault_flags_are_checked_in_one_line(
+    tmp_path: Path,
+    cli_env: None,
+    capsys: pytest.CaptureFixture[str],
+    flags: list[str],
+    expected: str,
+) -> None:
+    """Fault flags that cannot work are refused before anything listens, naming the flag."""
+    db = tmp_path / "r.db"
+    assert main(["receive", "--port", "0", "--db", str(db), *flags]) == 2
+    assert one_line(capsys.readouterr().err) == expected
+    assert not db.exists()
+
+
+def test_receive_with_a_db_that_is_not_a_database_is_one_line(
+    tmp_path: Path, not_a_database: Path, cli_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--db pointing at some other file is refused in one line; the file is left alone."""
+    before = not_a_database.read_bytes()
+    assert main(["receive", "--port", "0", "--db", str(not_a_database)]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith(f"spooler receive: cannot use {not_a_database} as the receiver's")
+    assert not_a_database.read_bytes() == before
+
+
+def test_status_never_prints_the_key_even_on_errors(tmp_path: Path, not_a_database: Path) -> None:
+    """The key in the environment appears in no output of status, good or bad."""
+    for spool in (str(not_a_database), str(tmp_path / "none.db")):
+        for extra in ([], ["--json"], ["-vv"]):
+            result = run_cli(
+                ["status", "--spool", spool, *extra], tmp_path, EVENT_ENGINE_CLOUD_KEY=KEY
+            )
+            assert KEY not in result.stdout + result.stderr
+
+
+def readme_commands() -> dict[str, str]:
+    """The README's command-line table: command -> its synopsis cell."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Command line\n", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        match = re.match(r"\| `(\w+) ([^`]*)` \|", line)
+        if match:
+            rows[match.group(1)] = match.group(2)
+    return rows
+
+
+def test_the_readme_command_table_lists_every_flag_the_parser_has() -> None:
+    """Each command's flags and their metavars in the README are exactly the parser's."""
+    parser = _parser()
+    [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    documented = readme_commands()
+    assert sorted(documented) == sorted(commands.choices)
+    for name, sub in commands.choices.items():
+        flags = set()
+        for action in sub._actions:
+            flag = max(action.option_strings, key=len)
+            if flag in ("--help", "--verbose", "--quiet"):  # every command's, said above the table
+                continue
+            flags.add(
+                flag if action.nargs == 0 else f"{flag} {action.metavar or action.dest.upper()}"
+            )
+        in_readme = set(re.findall(r"--[a-z][a-z-]*(?: [A-Z]+)?", documented[name]))
+        assert in_readme == flags, name
 
 
 # -- crashes ---------------------------------------------------------------------------
