@@ -517,9 +517,10 @@ def document(
             '"arrived" is its count.\n'
             "- Naive loop: `SELECT id, entry ... LIMIT batch`, join the stored JSON (entry_id "
             "spliced in), POST with one keep-alive `httpx.Client`, `DELETE WHERE id <= last`; no "
-            "retries, accounting or idempotency key. The shipper also opens and checks the "
-            "spool before the clock starts, and its drain includes one heartbeat and the final "
-            "`maintain`.\n"
+            "retries, accounting or idempotency key. Both import httpx before the clock "
+            "starts; the shipper also opens and checks the spool before it, and its drain "
+            "includes creating its HTTP client, one heartbeat and the final `maintain` "
+            "(`PRAGMA incremental_vacuum`, which gives the freed pages back to the file).\n"
         )
         if d.get("rss_case"):
             out.append(
