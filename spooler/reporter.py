@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from spooler import hooks
 from spooler._threads import start_thread
+from spooler._version import __version__
 from spooler.config import Config
 from spooler.errors import SpoolBusyError, SpoolError
 from spooler.serializer import (
@@ -136,6 +137,15 @@ class Reporter:
                 self._reset_after_fork()
             self._pid = pid
             self._started_at = time.monotonic()
+            logger.info(
+                "spooler %s reporting %s events to %s through %s (%s mode%s)",
+                __version__,
+                self.config.app_name,
+                self.config.endpoint,
+                self.config.spool_file,
+                self.config.spool_mode,
+                "" if self.config.ship_in_process else "; `spooler ship` delivers",
+            )
             # Opened on first use by the writer thread, which runs quick_check
             # and the checkpoints, so the host's thread never pays for either.
             self._ready = threading.Event()

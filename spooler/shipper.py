@@ -30,6 +30,7 @@ from typing import Any
 
 import tenacity
 
+from spooler._logging import Throttle, keep_out_of_host_logs
 from spooler._threads import start_thread
 from spooler.client import CloudClient
 from spooler.config import Config
@@ -53,6 +54,7 @@ logger = logging.getLogger(__name__)
 
 BACKOFF_INITIAL = 0.5  # seconds; the first wait is uniform in [0, 2 * BACKOFF_INITIAL]
 BACKOFF_MAX = 60.0  # seconds; also the interval between probes while the key is refused
+TROUBLE_LOG_INTERVAL = 300.0  # seconds between WARNINGs while the same trouble lasts
 _WATCH_TIMEOUT_MS = 1000  # the watcher reports it is in place within this long
 
 
@@ -157,6 +159,11 @@ class Shipper:
         self._schemas = load_schemas(config.schemas)
         self.last_cycle: CycleResult | None = None
         self.watching = False
+        # Trouble is logged when it starts, then at most every TROUBLE_LOG_INTERVAL.
+        self._throttle = Throttle(TROUBLE_LOG_INTERVAL, clock)
+        self._failing_since: float | None = None
+        self._rejected_unlogged = 0
+        keep_out_of_host_logs()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -390,6 +397,15 @@ class Shipper:
             self._send_batches(result, final=False)
         if heartbeat and not result.auth_failed and not self._stop.is_set():
             result.heartbeat = self._send_heartbeat()
+        if result.rejected:
+            self._rejected_unlogged += result.rejected
+            if self._throttle("rejected"):
+                logger.warning(
+                    "EventEngine Cloud rejected %d entries (moved to the spool's dead_letters, "
+                    "never resent; see `spooler status`)",
+                    self._rejected_unlogged,
+                )
+                self._rejected_unlogged = 0
         if result.shipped or result.rejected:
             self.spool.maintain()
         result.waiting = self._waiting()
@@ -422,7 +438,7 @@ class Shipper:
         except Exception:
             logger.exception("spooler final flush failed")
         if result.shipped:
-            logger.info("delivered %d entries at shutdown", result.shipped)
+            logger.debug("delivered %d entries at shutdown", result.shipped)
 
     def _send_batches(self, result: CycleResult, *, final: bool) -> None:
         after_id = 0
@@ -545,6 +561,13 @@ class Shipper:
         result.shipped += count
         result.batches += 1
         self._resume()
+        if self._failing_since is not None:
+            logger.info(
+                "delivery to EventEngine Cloud recovered after %.0f s; delivering what waited",
+                self._clock() - self._failing_since,
+            )
+            self._failing_since = None
+            self._throttle.forget("failing")
 
     def _failed(self, exc: BaseException, result: CycleResult) -> bool:
         """A batch the Cloud did not take (and will not, as it stands): always False."""
@@ -552,7 +575,32 @@ class Shipper:
             self._pause(exc, result)
         else:
             self._record_error(_describe(exc), result)
+            self._trouble(_describe(exc))
         return False
+
+    def _trouble(self, reason: str) -> None:
+        """A transient failure: WARNING when delivery starts failing, then at most every
+        TROUBLE_LOG_INTERVAL while it lasts, with what waits."""
+        first = self._failing_since is None
+        if first:
+            self._failing_since = self._clock()
+        if self._throttle("failing"):
+            waiting = self._waiting()
+            if first:
+                logger.warning(
+                    "cannot deliver to EventEngine Cloud (%s); %d entries wait in the spool, "
+                    "retrying with backoff",
+                    reason,
+                    waiting,
+                )
+            else:
+                logger.warning(
+                    "still cannot deliver to EventEngine Cloud after %.0f s (%s); "
+                    "%d entries wait in the spool",
+                    self._clock() - self._failing_since,  # type: ignore[operator]
+                    reason,
+                    waiting,
+                )
 
     def _send_with_retry(
         self,
@@ -597,6 +645,7 @@ class Shipper:
             if exc is not None:
                 failures.append(exc)
             self._record_error(_describe(exc), None)
+            self._trouble(_describe(exc))
             logger.debug("delivery failed (%s); retrying in %.1f s", _describe(exc), wait)
 
         retrying = tenacity.Retrying(
@@ -636,7 +685,7 @@ class Shipper:
             f"Cloud {what} (HTTP {exc.status}); spool kept, probing every {self._backoff_max:g} s"
         )
         self._record_error(message, result)
-        if self._pause_logged != message:
+        if self._throttle(message):
             logger.error(
                 "EventEngine Cloud %s (HTTP %s): delivery paused, entries stay in the spool; "
                 "probing again every %g s",
@@ -644,12 +693,13 @@ class Shipper:
                 exc.status,
                 self._backoff_max,
             )
-            self._pause_logged = message
+        self._pause_logged = message
         self._paused_until = self._clock() + self._backoff_max
 
     def _resume(self) -> None:
         if self._pause_logged is not None:
             logger.warning("EventEngine Cloud accepts deliveries again; delivery resumed")
+            self._throttle.forget(self._pause_logged)
             self._pause_logged = None
 
     def _record_error(self, message: str, result: CycleResult | None) -> None:

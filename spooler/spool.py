@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from spooler._logging import Throttle
 from spooler.errors import SpoolBusyError, SpoolError
 from spooler.spoolfile import (
     COUNTER_NAMES,
@@ -71,6 +72,7 @@ _MAX_STEP = 1 << 31  # the largest step one count() may add
 _MAX_PENDING = 1 << 53  # pending counters saturate here instead of overflowing SQLite
 # Handles inherited across a fork: kept alive and unused (SQLite forbids closing them).
 _OPEN_WAIT = 5.0
+_TROUBLE_LOG_INTERVAL = 300.0  # seconds between WARNINGs while the cap keeps evicting
 _INHERITED: list[sqlite3.Connection] = []
 _INSERT_ONE = "INSERT INTO entries(kind, created_at, entry) VALUES (?, ?, ?)"
 # Positional placeholders in order: numbered ones bound to a sequence are
@@ -203,6 +205,8 @@ class Spool:
         self._pending_lock = threading.Lock()
         self._pending: dict[str, int] = {}
         self._logged: set[str] = set()
+        self._throttle = Throttle(_TROUBLE_LOG_INTERVAL)
+        self._evicted_unlogged = 0
         self._pid = os.getpid()
         self.spool_id: str | None = None
         self._check = check
@@ -674,9 +678,15 @@ class Spool:
         ).rowcount
         if removed:
             self._bump(conn, "evicted", removed)
-            self._log_once(
-                "evict", "spool %s reached its cap; evicting the oldest entries", self.path
-            )
+            self._evicted_unlogged += int(removed)
+            if self._throttle("evict"):
+                logger.warning(
+                    "spool %s is at its cap: evicted the %d oldest entries waiting for the "
+                    "Cloud (counted as 'evicted'; see `spooler status`)",
+                    self.path,
+                    self._evicted_unlogged,
+                )
+                self._evicted_unlogged = 0
         return int(removed)
 
     def _evict_dead_letters(self, conn: sqlite3.Connection, n: int) -> int:
