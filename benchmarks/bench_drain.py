@@ -5,9 +5,9 @@ untimed) in a child process of their own, one after the other, into ``minimal_re
 (its own process; it only counts ``"entry_id"`` and answers 200, so it is not what is
 measured):
 
-* **shipper**: ``Shipper(config, watch=False).drain()`` (httpx imported and the spool opened
-  and checked before the clock starts; the drain includes creating its HTTP client, its one
-  heartbeat and the final ``maintain``, which gives freed pages back to the file).
+* **shipper**: ``Shipper(config, watch=False).drain()`` (httpx and httpcore imported, the
+  spool opened and checked before the clock starts; the drain includes creating its HTTP
+  client, its one heartbeat and the final ``maintain``, which gives freed pages back).
 * **naive loop**: plain sqlite3 + httpx: ``SELECT id, entry ... ORDER BY id LIMIT batch``, join
   the stored JSON texts (``entry_id`` spliced in, so the receiver sees the same contract),
   ``POST`` with one keep-alive ``httpx.Client``, ``DELETE ... WHERE id <= last``; autocommit,
@@ -69,8 +69,10 @@ def _hwm_kib() -> int:
 
 
 def _child_shipper(endpoint: str, spool_path: str, batch_size: int) -> dict[str, Any]:
-    # spooler imports httpx lazily, on the first request (~0.2 s here); the naive loop
-    # imports it before its clock starts, so the shipper's child does too.
+    # spooler imports httpx lazily and httpx imports httpcore when its first client is
+    # built (~0.2 s here, once per process); the naive loop builds its client before its
+    # clock starts, so the shipper's child imports both first.
+    import httpcore  # noqa: F401
     import httpx  # noqa: F401
 
     from spooler.config import Config
