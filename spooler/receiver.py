@@ -42,7 +42,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
-__all__ = ["ENTRY_KEYS", "ENTRY_STATUSES", "REQUIRED_ENTRY_KEYS", "Faults", "Receiver"]
+__all__ = [
+    "EMITTED_ONLY_KEYS",
+    "ENTRY_KEYS",
+    "ENTRY_STATUSES",
+    "REQUIRED_ENTRY_KEYS",
+    "Faults",
+    "Receiver",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +71,13 @@ ENTRY_KEYS = frozenset(
         "timestamp",
         "error_class",
         "error_message",
+        "aggregate_type",
+        "aggregate_id",
+        "aggregate_version",
     }
 )
+#: Keys only an emitted entry may carry.
+EMITTED_ONLY_KEYS = frozenset({"aggregate_type", "aggregate_id", "aggregate_version"})
 REQUIRED_ENTRY_KEYS = frozenset({"entry_id", "event_name", "status", "timestamp"})
 ENTRY_STATUSES = frozenset({"emitted", "published", "dead_lettered"})
 
@@ -676,11 +688,14 @@ def _valid_entry(entry: Any, reject_names: frozenset[str]) -> bool:
         value = entry.get(key)
         if value is not None and (not isinstance(value, str) or not _is_iso(value)):
             return False
-    attempts = entry.get("attempts")
-    if attempts is not None and (
-        isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0
-    ):
+    if entry["status"] != "emitted" and keys & EMITTED_ONLY_KEYS:
         return False
+    for key in ("attempts", "aggregate_version"):
+        count = entry.get(key)
+        if count is not None and (
+            isinstance(count, bool) or not isinstance(count, int) or count < 0
+        ):
+            return False
     latency = entry.get("latency_ms")
     return latency is None or (
         not isinstance(latency, bool) and isinstance(latency, (int, float)) and latency >= 0

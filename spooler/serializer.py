@@ -34,6 +34,7 @@ from uuid import UUID
 from spooler._version import __version__
 
 __all__ = [
+    "AGGREGATE_FIELDS",
     "DEAD_LETTER_FIELDS",
     "ENTRY_FIELDS",
     "MAX_TEXT_LENGTH",
@@ -65,6 +66,8 @@ ENTRY_FIELDS: tuple[str, ...] = (
     "timestamp",
 )
 DEAD_LETTER_FIELDS: tuple[str, ...] = ("error_class", "error_message")
+#: Added to emitted entries only (the Ruby reporter sends them since February 2026).
+AGGREGATE_FIELDS: tuple[str, ...] = ("aggregate_type", "aggregate_id", "aggregate_version")
 STATUSES = ("emitted", "published", "dead_lettered")
 
 #: Longest string kept for names, ids and classes; longer ones are cut to this many characters.
@@ -199,7 +202,11 @@ def build_entry(
             "latency_ms": latency,
             "timestamp": timestamp,
         }
-        if status == "dead_lettered":
+        if status == "emitted":
+            entry["aggregate_type"] = _text(get("aggregate_type"))
+            entry["aggregate_id"] = _event_id(get("aggregate_id"))
+            entry["aggregate_version"] = _count(get("aggregate_version"))
+        elif status == "dead_lettered":
             entry["error_class"] = _error_class(get("error_class"))
             if send_error_message:
                 entry["error_message"] = _error_message(
@@ -224,6 +231,7 @@ _CAPTURED = (
     "occurred_at",
     "published_at",
     "dead_lettered_at",
+    *AGGREGATE_FIELDS,
 )
 # Immutable scalars build_entry reads the same later as now; a value of any other type
 # (a container, a subclass, a host object) is never kept: the entry is built at once.

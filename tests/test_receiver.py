@@ -461,3 +461,23 @@ def test_nothing_is_logged_to_stderr(
     assert capfd.readouterr().err == ""
     assert "POST /events" in caplog.text
     assert KEY not in caplog.text
+
+
+def test_aggregate_fields_are_accepted_on_emitted_entries_only(post: Post) -> None:
+    """The receiver's contract follows the allowlist: aggregate_* on emitted entries
+    (integer version), never on published or dead-lettered ones."""
+    emitted = entry(
+        "sid-1",
+        status="emitted",
+        aggregate_type="Order",
+        aggregate_id=42,
+        aggregate_version=3,
+    )
+    assert post(body={"entries": [emitted]}).status_code in (200, 202)
+    for bad in (
+        entry("sid-2", aggregate_type="Order"),  # published
+        entry("sid-3", status="emitted", aggregate_version=-1),
+        entry("sid-4", status="emitted", aggregate_version="3"),
+        entry("sid-5", status="emitted", aggregate_id={"nested": "payload"}),
+    ):
+        assert post(body={"entries": [bad]}).status_code == 422, bad

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 import spooler
 from spooler.serializer import (
+    AGGREGATE_FIELDS,
     DEAD_LETTER_FIELDS,
     ENTRY_FIELDS,
     STATUSES,
@@ -54,6 +55,8 @@ def entry(status: str = "published", /, **payload: Any) -> dict[str, Any]:
 
 def expected_keys(status: str, send_error_message: bool) -> set[str]:
     keys = set(ENTRY_FIELDS)
+    if status == "emitted":
+        keys |= set(AGGREGATE_FIELDS)
     if status == "dead_lettered":
         keys.add("error_class")
         if send_error_message:
@@ -1112,3 +1115,29 @@ def test_capture_keeps_no_reference_to_the_hosts_objects() -> None:
         assert type(leaf) in (str, int, float, type(None)), leaf
     assert "TimeoutError" in kept
     assert "alice@example.com" not in repr(kept)  # the message stays out unless opted in
+
+
+def test_emitted_entries_carry_the_aggregate_fields_and_only_they_do() -> None:
+    """aggregate_type, aggregate_id and aggregate_version (as the Ruby reporter sends them)
+    ride on emitted entries, coerced like the event's own; other statuses never carry them."""
+    out = entry(
+        "emitted",
+        aggregate_type=" Order ",
+        aggregate_id="42",
+        aggregate_version=3,
+        payload={"aggregate_id": SECRET},
+    )
+    assert (out["aggregate_type"], out["aggregate_id"], out["aggregate_version"]) == (
+        "Order",
+        42,
+        3,
+    )
+    uuid_id = uuid.UUID(int=7)
+    odd = entry("emitted", aggregate_id=uuid_id, aggregate_version=-1, aggregate_type={"x": 1})
+    assert (odd["aggregate_type"], odd["aggregate_id"], odd["aggregate_version"]) == (
+        None,
+        str(uuid_id),
+        None,
+    )
+    for status in ("published", "dead_lettered"):
+        assert not set(AGGREGATE_FIELDS) & set(entry(status, aggregate_type="Order"))
