@@ -31,6 +31,7 @@ from spooler.errors import (
 from spooler.reporter import (
     Reporter,
     configure,
+    flush,
     get_reporter,
     register_schema,
     shutdown,
@@ -70,6 +71,7 @@ __all__ = [
     "__version__",
     "build_entry",
     "configure",
+    "flush",
     "get_reporter",
     "register_schema",
     "schema_fingerprint",

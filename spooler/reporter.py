@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Reporter",
     "configure",
+    "flush",
     "get_reporter",
     "register_schema",
     "shutdown",
@@ -244,6 +245,33 @@ class Reporter:
             shipper.close()
             return None
         return shipper
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Commit what is buffered and deliver what waits now, within ``timeout`` seconds
+        (default ``shutdown_timeout``); True when nothing waits in the spool afterwards.
+
+        When another process ships this spool, waits (up to ``timeout``) for it to
+        empty. Never raises; reporting goes on afterwards (unlike :meth:`shutdown`).
+        """
+        timeout = self.config.shutdown_timeout if timeout is None else timeout
+        try:
+            if not self.active or self._pid != os.getpid() or self._spool is None:
+                return True  # nothing was started (or buffered) in this process
+            deadline = time.monotonic() + max(0.0, timeout)
+            self._flush_buffer(timeout=max(0.0, min(timeout, WRITER_BUSY_TIMEOUT)))
+            self._spool.flush_counters(timeout=0.5)
+            shipper = self._shipper
+            if shipper is not None and shipper.lock.held:
+                return shipper.flush(max(0.0, deadline - time.monotonic()))
+            while True:
+                if self._spool.peek(1)[0] == 0 and not self._buffer:
+                    return True
+                if time.monotonic() >= deadline:
+                    return False
+                self._stop.wait(0.05)
+        except Exception:
+            logger.exception("spooler flush failed")
+            return False
 
     # -- the hot path ------------------------------------------------------------
 
@@ -540,6 +568,12 @@ def start() -> bool:
     if reporter is None:
         reporter = configure()
     return reporter.start()
+
+
+def flush(timeout: float | None = None) -> bool:
+    """Commit the buffer and deliver what waits now; True if everything was delivered."""
+    reporter = _reporter
+    return True if reporter is None else reporter.flush(timeout)
 
 
 def shutdown(timeout: float | None = None) -> bool:

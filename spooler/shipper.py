@@ -161,6 +161,7 @@ class Shipper:
         self.watching = False
         # Trouble is logged when it starts, then at most every TROUBLE_LOG_INTERVAL.
         self._throttle = Throttle(TROUBLE_LOG_INTERVAL, clock)
+        self._sending = threading.Lock()
         self._failing_since: float | None = None
         self._rejected_unlogged = 0
         keep_out_of_host_logs()
@@ -394,7 +395,8 @@ class Shipper:
         start = self._clock()
         result = CycleResult()
         if send_all:
-            self._send_batches(result, final=False)
+            with self._sending:  # flush() from another thread takes turns with the loop
+                self._send_batches(result, final=False)
         if heartbeat and not result.auth_failed and not self._stop.is_set():
             result.heartbeat = self._send_heartbeat()
         if result.rejected:
@@ -429,22 +431,42 @@ class Shipper:
         """Deliver everything waiting now (retrying per the backoff), then a heartbeat."""
         return self.cycle(send_all=True, heartbeat=True)
 
+    def flush(self, timeout: float) -> bool:
+        """Deliver what waits now, from the calling thread, within ``timeout`` seconds
+        (one try per batch, taking turns with the loop); True when nothing waits after.
+
+        Only the holder of the ship lock sends; another process's spool is left to it.
+        """
+        deadline = self._clock() + max(0.0, timeout)
+        if not self.lock.held or not self._sending.acquire(timeout=max(0.0, timeout)):
+            return self._waiting() == 0
+        try:
+            self._send_batches(CycleResult(), final=True, deadline=deadline)
+        except Exception:
+            logger.exception("spooler flush failed")
+        finally:
+            self._sending.release()
+        return self._waiting() == 0
+
     def _final_flush(self) -> None:
         if self._final_deadline is None or not self.lock.held:
             return
         result = CycleResult()
         try:
-            self._send_batches(result, final=True)
+            with self._sending:
+                self._send_batches(result, final=True, deadline=self._final_deadline)
         except Exception:
             logger.exception("spooler final flush failed")
         if result.shipped:
             logger.debug("delivered %d entries at shutdown", result.shipped)
 
-    def _send_batches(self, result: CycleResult, *, final: bool) -> None:
+    def _send_batches(
+        self, result: CycleResult, *, final: bool, deadline: float | None = None
+    ) -> None:
         after_id = 0
         while True:
             if final:
-                if self._final_deadline is None or self._clock() >= self._final_deadline:
+                if deadline is None or self._clock() >= deadline:
                     return
             elif self._stop.is_set():
                 return

@@ -570,3 +570,38 @@ def test_dead_letters_evicted_at_the_cap_are_counted(spool_path: str) -> None:
         kept = spool.stats().dead_letters
     assert c["dead_letters_evicted"] > 0
     assert c["dead_lettered"] == c["dead_letters_evicted"] + kept == 120
+
+
+def test_flush_delivers_what_waits_now_and_reporting_goes_on(spool_path: str) -> None:
+    """spooler.flush() commits the buffer and delivers at once (flush_interval is an hour
+    away); True means nothing waits; events after it are still reported."""
+    with CountingCloud() as cloud:
+        spooler.configure(
+            api_key=KEY, endpoint=cloud.url, spool_path=spool_path, flush_interval=3600
+        )
+        spooler.start()
+        assert all(spooler.track_emit(event(i)) for i in range(20))
+        reporter = spooler.get_reporter()
+        assert reporter is not None
+        assert wait_for(lambda: reporter.shipper is not None and reporter.shipper.running)
+        assert spooler.flush(5.0) is True
+        assert len(cloud.event_ids()) == 20
+        assert spooler.track_emit(event(20))
+        assert spooler.flush(5.0) is True
+        assert len(set(cloud.event_ids())) == 21
+
+
+def test_flush_says_false_when_the_cloud_is_down_and_returns_in_time(spool_path: str) -> None:
+    """With nobody listening, flush(0.5) gives False and returns about when it said."""
+    spooler.configure(
+        api_key=KEY,
+        endpoint=f"http://127.0.0.1:{free_port()}",
+        spool_path=spool_path,
+        flush_interval=3600,
+    )
+    spooler.start()
+    assert spooler.track_emit(event(1))
+    started = time.monotonic()
+    assert spooler.flush(0.5) is False
+    assert time.monotonic() - started < 3.0  # a bound that proves no retry loop ran
+    assert spooled_ids(spool_path) == [1]
