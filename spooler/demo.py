@@ -162,6 +162,8 @@ def run_demo(
         write(f"  {label:<9} {path}")
         write(f"            sqlite3 {shlex.quote(path)} {shlex.quote(sql)}")
     write("")
+    _next_steps(write, str(spool_path))
+    write("")
     if ok:
         write("OK: every spooled entry reached the receiver; nothing dropped.")
     else:
@@ -171,6 +173,17 @@ def run_demo(
             f"{shlex.quote(str(spool_path))}`"
         )
     return 0 if ok else 1
+
+
+def _next_steps(write: Callable[[str], None], spool_path: str) -> None:
+    write("next steps")
+    write("  1. in your app (announce events on blinker signals; no key: spooler does nothing):")
+    write("       import spooler; spooler.configure(); spooler.start()")
+    write('       blinker.signal("event_engine.event_emitted").send(self, event_name=..., ...)')
+    write("     or add spooler.integrations.django / .flask / .fastapi (see README)")
+    write(f"  2. look at a spool:   python -m spooler status --spool {shlex.quote(spool_path)}")
+    write("  3. ship as a service: EVENT_ENGINE_CLOUD_KEY=... python -m spooler ship")
+    write("     (set EVENT_ENGINE_CLOUD_SHIP_IN_PROCESS=false in the app then)")
 
 
 # -- the run -------------------------------------------------------------------------
@@ -185,7 +198,7 @@ def _wipe(folder: Path) -> None:
 
 
 class _Progress:
-    """One progress line per second: emitted / spooled / delivered / waiting."""
+    """One progress line per second: emitted / spooled / delivered / waiting / in memory."""
 
     def __init__(
         self,
@@ -203,7 +216,8 @@ class _Progress:
         self._start = time.monotonic()
         self._next = self._start + 1.0
         self.spooled = 0
-        self.waiting = 0
+        self.waiting = 0  # rows in the spool file
+        self.buffered = 0  # entries in the writer thread's memory, not yet in the file
 
     def poll(self, *, force: bool = False) -> None:
         """Refresh the numbers; print a line when a second has passed (or ``force``)."""
@@ -216,7 +230,8 @@ class _Progress:
         delivered = self._receiver.entry_count()
         self._write(
             f"  {now - self._start:5.1f} s  emitted {emitted:>6}  spooled {self.spooled:>6}  "
-            f"delivered {delivered:>6}  waiting {self.waiting:>5}"
+            f"delivered {delivered:>6}  waiting in spool {self.waiting:>5}  "
+            f"in memory {self.buffered:>4}"
         )
 
     def refresh(self) -> None:
@@ -226,7 +241,8 @@ class _Progress:
         except (FileNotFoundError, sqlite3.Error):
             return  # the writer thread is still creating the file
         self.spooled = stats.counters.get("appended", 0)
-        self.waiting = stats.depth + self._reporter.buffered()
+        self.waiting = stats.depth
+        self.buffered = self._reporter.buffered()
 
 
 def _produce(producer: _Producer, watch: _Progress, *, seconds: float, rate: float) -> None:
@@ -258,7 +274,7 @@ def _finish(producer: _Producer, watch: _Progress) -> None:
     deadline = time.monotonic() + DRAIN_TIMEOUT
     while time.monotonic() < deadline:
         watch.refresh()
-        if watch.waiting == 0 and watch.spooled >= sum(producer.counts()):
+        if watch.waiting == 0 and watch.buffered == 0 and watch.spooled >= sum(producer.counts()):
             break
         watch.poll()
         time.sleep(0.05)

@@ -99,3 +99,16 @@ def test_demo_refuses_nonsense_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         demo.run_demo(fail_share=1.5, workdir=str(tmp_path))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_demo_tells_spool_from_memory_and_ends_with_next_steps(tmp_path: Path) -> None:
+    """Progress lines name what waits in the spool and what is still in memory; the run
+    ends with how to wire spooler into an app, look at a spool and ship as a service."""
+    lines: list[str] = []
+    assert demo.run_demo(seconds=1.0, rate=50, workdir=str(tmp_path), out=lines.append) == 0
+    progress = [line for line in lines if " emitted " in line and " s " in line]
+    assert progress and all("waiting in spool" in p and "in memory" in p for p in progress)
+    text = "\n".join(lines)
+    assert "next steps" in text
+    assert "spooler.configure()" in text and "python -m spooler status --spool" in text
+    assert "python -m spooler ship" in text
