@@ -23,7 +23,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 from spooler.errors import ConfigError
 
 __all__ = [
+    "CODE_ONLY_OPTIONS",
     "DEFAULT_ENDPOINT",
     "DEFAULT_SPOOL_PATH",
     "ENV_PREFIX",
@@ -43,6 +44,7 @@ __all__ = [
     "options_from_settings",
     "parse_option",
     "parse_size",
+    "redact_url",
 ]
 
 logger = logging.getLogger(__name__)
@@ -79,18 +81,28 @@ ENV_VARS: dict[str, str] = {
     "schemas": "EVENT_ENGINE_CLOUD_SCHEMAS",
     "payload_endpoint": "EVENT_ENGINE_CLOUD_PAYLOAD_ENDPOINT",
     "dashboard_origins": "EVENT_ENGINE_CLOUD_DASHBOARD_ORIGINS",
+    "proxy": "EVENT_ENGINE_CLOUD_PROXY",
+    "ca_bundle": "EVENT_ENGINE_CLOUD_CA_BUNDLE",
+    "compress": "EVENT_ENGINE_CLOUD_COMPRESS",
+    "metrics_port": "EVENT_ENGINE_CLOUD_METRICS_PORT",
+    "debug": "EVENT_ENGINE_CLOUD_DEBUG",
 }
+#: options only code can set: a function is not something the environment can hold
+CODE_ONLY_OPTIONS = frozenset({"before_send"})
 
 # Checked in this order when EVENT_ENGINE_CLOUD_ENVIRONMENT is unset.
 _ENVIRONMENT_FALLBACKS = ("APP_ENV", "ENVIRONMENT", "DJANGO_ENV", "FLASK_ENV")
 
-_BOOLS = frozenset({"enabled", "ship_in_process", "send_error_message", "payload_endpoint"})
+_BOOLS = frozenset(
+    {"enabled", "ship_in_process", "send_error_message", "payload_endpoint", "compress", "debug"}
+)
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
 _INTS: dict[str, tuple[int, int]] = {
     "batch_size": (1, 10_000),
     "buffer_size": (1, 10_000_000),
     "error_message_max_length": (0, 10_000),
+    "metrics_port": (0, 65_535),
 }
 _SECONDS: dict[str, tuple[float, float]] = {
     "flush_interval": (0.01, 3600.0),
@@ -152,6 +164,16 @@ class Config:
     schemas: Mapping[str, Any] | str | os.PathLike[str] | None = None
     payload_endpoint: bool = False
     dashboard_origins: tuple[str, ...] = (DEFAULT_DASHBOARD_ORIGIN,)
+    proxy: str | None = None
+    ca_bundle: str | os.PathLike[str] | None = None
+    compress: bool = False
+    metrics_port: int | None = None
+    debug: bool = False
+    # A function has no environment form; it is left out of ==, hash and repr so a
+    # config stays hashable and comparable whatever the host passes.
+    before_send: Callable[[dict[str, Any]], dict[str, Any] | None] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -187,13 +209,24 @@ class Config:
             if not os.path.isdir(folder):
                 raise ConfigError("schemas", f"{folder!r} is not a directory")
         set_(self, "dashboard_origins", _check_origins(self.dashboard_origins))
+        set_(self, "proxy", _check_proxy(self.proxy))
+        set_(self, "ca_bundle", _check_ca_bundle(self.ca_bundle))
+        if self.before_send is not None and not callable(self.before_send):
+            raise ConfigError(
+                "before_send",
+                f"must be a callable or None, got a {type(self.before_send).__name__}",
+            )
 
     def __repr__(self) -> str:
         parts = []
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if f.name in CODE_ONLY_OPTIONS:
+                continue
             if f.name == "api_key":
                 parts.append("api_key=" + ("'********'" if value else "None"))
+            elif f.name == "proxy" and value is not None:
+                parts.append(f"proxy={redact_url(value)!r}")
             else:
                 parts.append(f"{f.name}={value!r}")
         return f"Config({', '.join(parts)})"
@@ -267,6 +300,8 @@ def parse_option(name: str, value: Any) -> Any:
     """
     if name in _BOOLS:
         return None if name == "enabled" and value is None else _parse_bool(name, value)
+    if name == "metrics_port" and (value is None or (isinstance(value, str) and not value.strip())):
+        return None
     if name in _INTS:
         return _parse_int(name, value)
     if name in _SECONDS:
@@ -283,6 +318,8 @@ def parse_option(name: str, value: Any) -> Any:
             return value.strip() or None
         if name == "dashboard_origins":
             return tuple(o.strip() for o in value.split(",") if o.strip())
+        if name in ("proxy", "ca_bundle"):
+            return value.strip() or None
     return value
 
 
@@ -497,6 +534,52 @@ def _check_endpoint(endpoint: object) -> str:
     if parts.scheme == "http" and not is_loopback_host(parts.hostname):
         raise ConfigError("endpoint", "plain http is allowed only for loopback hosts; use https")
     return endpoint.strip().rstrip("/")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any user and password in it replaced by ``***``, for messages and repr."""
+    try:
+        parts = urlsplit(url)
+        if parts.username is None and parts.password is None:
+            return url
+        host = parts.netloc.rpartition("@")[2]
+    except ValueError:
+        return "<unparseable URL>"
+    return parts._replace(netloc=f"***@{host}").geturl()
+
+
+def _check_proxy(proxy: object) -> str | None:
+    # Messages never quote the URL: it may carry the proxy's password.
+    if proxy is None:
+        return None
+    if not isinstance(proxy, str):
+        raise ConfigError("proxy", "must be a URL string")
+    try:
+        parts = urlsplit(proxy)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ConfigError("proxy", "is not a valid URL") from None
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError("proxy", f"must be an http(s) URL, got scheme {parts.scheme!r}")
+    if not parts.hostname:
+        raise ConfigError("proxy", "has no host")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigError("proxy", "must be scheme://[user:password@]host[:port] only")
+    return proxy
+
+
+def _check_ca_bundle(bundle: object) -> str | None:
+    if bundle is None:
+        return None
+    given = os.fspath(bundle) if isinstance(bundle, (str, os.PathLike)) else None
+    if not isinstance(given, str):
+        raise ConfigError("ca_bundle", "must be a path to a PEM file")
+    path = os.path.abspath(given)
+    if not os.path.isfile(path):
+        raise ConfigError("ca_bundle", f"{path!r} is not a file")
+    if not os.access(path, os.R_OK):
+        raise ConfigError("ca_bundle", f"{path!r} is not readable")
+    return path
 
 
 def _check_origins(origins: object) -> tuple[str, ...]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ import spooler
 from spooler import config as config_module
 from spooler import reporter
 from spooler.config import (
+    CODE_ONLY_OPTIONS,
     DEFAULT_ENDPOINT,
     ENV_VARS,
     OPTIONS,
@@ -242,6 +244,12 @@ SAME_EVERYWHERE = [
     ("send_error_message", "on", True),
     ("send_error_message", 1, True),
     ("payload_endpoint", True, True),
+    ("compress", "yes", True),
+    ("compress", "false", False),
+    ("debug", "On", True),
+    ("metrics_port", "9100", 9100),
+    ("metrics_port", 0, 0),
+    ("proxy", " http://127.0.0.1:3128 ", "http://127.0.0.1:3128"),
     ("spool_mode", "Immediate", "immediate"),
     (
         "dashboard_origins",
@@ -294,6 +302,10 @@ def test_every_source_reads_the_same_forms_alike(
         ("spool_max_bytes", "512k"),
         ("spool_max_bytes", "lots"),
         ("spool_mode", "sometimes"),
+        ("compress", "maybe"),
+        ("debug", "2"),
+        ("metrics_port", "70000"),
+        ("metrics_port", "http"),
     ],
 )
 def test_every_source_refuses_the_same_forms_naming_the_option(
@@ -464,7 +476,7 @@ def test_the_documented_variables_are_never_warned_about(
         FLASK_ENV="x",
         ENVIRONMENT="x",
     )
-    assert set(ENV_VARS) == set(OPTIONS)
+    assert set(ENV_VARS) == set(OPTIONS) - CODE_ONLY_OPTIONS
     with caplog.at_level(logging.DEBUG, logger="spooler.config"):
         Config.from_env(env)
     assert config_warnings(caplog) == []
@@ -518,3 +530,105 @@ def test_a_framework_default_sits_between_the_directory_and_the_environment(
     assert Config.from_env(env, defaults=shop, app_name="api").app_name == "api"
     with pytest.raises(ConfigError):
         Config.from_env({}, defaults={"app_nme": "x"})
+
+
+# -- proxy, ca_bundle, metrics_port, debug, before_send -------------------------------
+
+
+def test_new_options_default_to_off() -> None:
+    """No proxy or CA bundle of spooler's own (httpx's environment rules apply), no gzip,
+    no metrics server, no debug, no before_send."""
+    cfg = Config()
+    assert (cfg.proxy, cfg.ca_bundle, cfg.compress, cfg.metrics_port, cfg.debug) == (
+        None,
+        None,
+        False,
+        None,
+        False,
+    )
+    assert cfg.before_send is None
+
+
+def test_empty_variables_mean_unset() -> None:
+    """An exported-but-empty variable leaves the option at its default."""
+    cfg = Config.from_env(
+        {
+            "EVENT_ENGINE_CLOUD_PROXY": "",
+            "EVENT_ENGINE_CLOUD_CA_BUNDLE": " ",
+            "EVENT_ENGINE_CLOUD_METRICS_PORT": "",
+        }
+    )
+    assert (cfg.proxy, cfg.ca_bundle, cfg.metrics_port) == (None, None, None)
+
+
+@pytest.mark.parametrize(
+    "proxy",
+    [
+        "socks5://127.0.0.1:1080",
+        "127.0.0.1:3128",
+        "http://",
+        "http://127.0.0.1:99999",
+        "http://127.0.0.1:3128/some/path",
+        "http://127.0.0.1:3128?x=1",
+        42,
+    ],
+)
+def test_a_proxy_must_be_an_http_url(proxy: object) -> None:
+    """The proxy is checked at configure time: http(s) scheme, a host, nothing after the port."""
+    with pytest.raises(ConfigError) as info:
+        Config(proxy=proxy)
+    assert info.value.option == "proxy"
+
+
+def test_proxy_credentials_never_show_in_repr_or_errors() -> None:
+    """A proxy password is accepted and kept, but repr(config) and ConfigError never show it."""
+    cfg = Config.from_env({"EVENT_ENGINE_CLOUD_PROXY": "http://me:hunter2@127.0.0.1:3128"})
+    assert cfg.proxy == "http://me:hunter2@127.0.0.1:3128"
+    assert "hunter2" not in repr(cfg) and "me:" not in repr(cfg)
+    assert "proxy='http://***@127.0.0.1:3128'" in repr(cfg)
+    for bad in ("ftp://me:hunter2@host", "http://me:hunter2@host:bad", "http://me:hunter2@h/p"):
+        with pytest.raises(ConfigError) as info:
+            Config(proxy=bad)
+        assert "hunter2" not in str(info.value), bad
+
+
+def test_ca_bundle_must_be_an_existing_readable_file(tmp_path: Path) -> None:
+    """A missing file or a folder is refused up front, naming the option; a file is kept."""
+    pem = tmp_path / "ca.pem"
+    pem.write_text("-----BEGIN CERTIFICATE-----\n")
+    assert Config.from_env({"EVENT_ENGINE_CLOUD_CA_BUNDLE": str(pem)}).ca_bundle == str(pem)
+    for bad in (tmp_path / "missing.pem", tmp_path, 3.5):
+        with pytest.raises(ConfigError) as info:
+            Config(ca_bundle=bad)
+        assert info.value.option == "ca_bundle"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_an_unreadable_ca_bundle_is_refused(tmp_path: Path) -> None:
+    """A CA bundle the process cannot read fails at configure time, not at the first handshake."""
+    pem = tmp_path / "ca.pem"
+    pem.write_text("x")
+    pem.chmod(0)
+    with pytest.raises(ConfigError, match="not readable"):
+        Config(ca_bundle=pem)
+
+
+def test_before_send_must_be_callable_and_cannot_come_from_the_environment() -> None:
+    """before_send takes a function or None; a string is refused, and no variable sets it."""
+
+    def scrub(entry: dict[str, Any]) -> dict[str, Any] | None:
+        return entry
+
+    assert Config(before_send=scrub).before_send is scrub
+    with pytest.raises(ConfigError) as info:
+        Config(before_send="mymodule.scrub")
+    assert info.value.option == "before_send"
+    assert "before_send" not in ENV_VARS and "before_send" in CODE_ONLY_OPTIONS
+
+
+def test_before_send_is_left_out_of_equality_hash_and_repr() -> None:
+    """Two configs differing only in before_send are equal, hash alike and repr alike."""
+    a = Config(before_send=lambda entry: entry, debug=True)
+    b = Config(debug=True)
+    assert a == b and hash(a) == hash(b) and {a: 1}[b] == 1
+    assert repr(a) == repr(b) and "before_send" not in repr(a)
