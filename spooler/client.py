@@ -50,6 +50,7 @@ hold the request, headers included), only their class name is kept.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import logging
 import math
@@ -57,6 +58,7 @@ import os
 import platform
 import re
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -71,6 +73,7 @@ import httpx
 
 from spooler._threads import start_thread
 from spooler._version import __version__
+from spooler.config import check_proxy
 from spooler.errors import (
     AuthError,
     ConfigError,
@@ -117,6 +120,13 @@ class CloudClient:
 
     Nothing is opened before the first request: no socket, no thread, no file
     (not even the CA bundle).
+
+    Like every httpx client it honours ``HTTPS_PROXY``, ``HTTP_PROXY``, ``ALL_PROXY``,
+    ``NO_PROXY``, ``SSL_CERT_FILE`` and ``SSL_CERT_DIR`` (``trust_env``). ``proxy``
+    (``http(s)://[user:password@]host:port``) replaces the environment's proxies for
+    every request; ``ca_bundle`` (a PEM file) replaces the trusted CAs for an https
+    endpoint, e.g. with a private CA or a TLS-inspecting proxy's. ``compress`` gzips
+    request bodies (``Content-Encoding: gzip``).
     """
 
     def __init__(
@@ -129,6 +139,9 @@ class CloudClient:
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         max_retry_after: float = MAX_RETRY_AFTER,
         transport: httpx.BaseTransport | None = None,
+        proxy: str | None = None,
+        ca_bundle: str | os.PathLike[str] | None = None,
+        compress: bool = False,
     ) -> None:
         if not isinstance(api_key, str) or not _KEY_CHARS.match(api_key):
             raise ConfigError("api_key", "must be a non-empty string of visible ASCII characters")
@@ -137,6 +150,9 @@ class CloudClient:
         if not isinstance(max_response_bytes, int) or max_response_bytes < 0:
             raise ConfigError("max_response_bytes", "must be a whole number of bytes, at least 0")
         self._endpoint = endpoint.rstrip("/")
+        self._proxy = check_proxy(proxy or None)
+        self._ca_bundle = os.fspath(ca_bundle) if ca_bundle is not None else None
+        self._compress = bool(compress)
         self._max_retry_after = max_retry_after
         self._deadline = float(deadline)
         self._max_response_bytes = max_response_bytes
@@ -247,14 +263,30 @@ class CloudClient:
                     timeout=self._timeout,
                     follow_redirects=False,
                     transport=self._transport,
-                    # Plain http (loopback only, see Config) has no certificate to check:
-                    # skip loading the CA bundle (tens of ms at start).
-                    verify=self._endpoint.startswith("https:"),
+                    proxy=self._proxy,
+                    trust_env=True,
+                    verify=self._verify(),
                 )
             return self._client, self._in_flight
 
+    def _verify(self) -> ssl.SSLContext | bool:
+        """What httpx checks certificates with: the CA bundle, httpx's default, or nothing."""
+        tls_proxy = self._proxy is not None and self._proxy.lower().startswith("https:")
+        if not self._endpoint.startswith("https:") and not tls_proxy:
+            # Plain http (loopback only, see Config) has no certificate to check:
+            # skip loading the CA bundle (tens of ms at start).
+            return False
+        if self._ca_bundle is not None:
+            return ssl.create_default_context(cafile=self._ca_bundle)
+        return True  # certifi, or SSL_CERT_FILE / SSL_CERT_DIR (httpx's trust_env)
+
     def _post(self, path: str, body: bytes, idempotency_key: str, *, count: int) -> None:
         client, in_flight = self._open()
+        headers = {"Idempotency-Key": idempotency_key}
+        if self._compress:
+            # mtime=0: the same batch compresses to the same bytes when it is retried.
+            body = gzip.compress(body, compresslevel=6, mtime=0)
+            headers["Content-Encoding"] = "gzip"
         started = time.monotonic()
         flight = in_flight.begin()
         failure: str | None = None
@@ -264,7 +296,7 @@ class CloudClient:
                 "POST",
                 self._endpoint + path,
                 content=body,
-                headers={"Idempotency-Key": idempotency_key},
+                headers=headers,
                 extensions={"trace": flight.trace},
             )
             try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import logging
 import os
 import platform
@@ -606,3 +608,28 @@ def test_parse_retry_after_treats_naive_now_as_utc() -> None:
     """A naive ``now`` is taken as UTC rather than failing to compare."""
     naive = NOW.replace(tzinfo=None)
     assert parse_retry_after("Wed, 01 May 2024 12:00:30 GMT", now=naive) == 30.0
+
+
+def test_compress_gzips_the_body_the_same_way_on_every_retry() -> None:
+    """compress=True sends Content-Encoding: gzip with a body that inflates to the JSON, and a
+    retried batch compresses to the same bytes; the default sends the JSON as is."""
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(202, json={"accepted": 1})
+
+    for compress in (True, False):
+        with CloudClient(
+            api_key=KEY,
+            endpoint="http://127.0.0.1:9",
+            transport=httpx.MockTransport(answer),
+            compress=compress,
+        ) as client:
+            for _ in range(2):
+                client.send_entries([entry("e-1")], idempotency_key="k-1")
+    gzipped, plain = seen[:2], seen[2:]
+    assert [r.headers.get("Content-Encoding") for r in seen] == ["gzip", "gzip", None, None]
+    assert gzipped[0].content == gzipped[1].content
+    assert json.loads(gzip.decompress(gzipped[0].content)) == json.loads(plain[0].content)
+    assert json.loads(plain[0].content)["entries"][0]["entry_id"] == "e-1"
