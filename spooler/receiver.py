@@ -9,8 +9,14 @@ body size limit and entries it refuses.
 Order of checks for one request (the first that applies answers)::
 
     delay -> close (no answer) -> injected status       faults, like a proxy in front
-    404 path -> 405 method -> 401 bearer -> 413 size
-    -> 415 content type -> 400 headers / JSON / shape -> 422 invalid entries -> 202
+    404 path -> 405 method -> 401 bearer -> 413 size -> 415 content encoding
+    -> 413 inflated size / 400 broken gzip -> 415 content type
+    -> 400 headers / JSON / shape -> 422 invalid entries -> 202
+
+A body sent with ``Content-Encoding: gzip`` is inflated first, and the size limit
+(``Faults.max_body_bytes``, else 64 MiB) applies to what it inflates to as well:
+inflating stops one byte past the limit, so a small gzip bomb costs no more memory
+than an honest body at the limit. Other encodings get 415.
 
 The store is meant to be read with the ``sqlite3`` CLI::
 
@@ -33,6 +39,7 @@ import socket
 import sqlite3
 import tempfile
 import threading
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
@@ -41,6 +48,8 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
+
+from spooler.spoolfile import APPLICATION_ID as SPOOL_APPLICATION_ID
 
 __all__ = [
     "EMITTED_ONLY_KEYS",
@@ -325,6 +334,12 @@ class Receiver:
 
     def _create_schema(self) -> None:
         with closing(self._connect()) as conn:
+            if conn.execute("PRAGMA application_id").fetchone()[0] == SPOOL_APPLICATION_ID:
+                # `receive --db .spooler/spool.db` would add the receiver's tables to a spool.
+                raise ValueError(
+                    f"{self.db_path} is a spooler spool, not a receiver database; "
+                    "give the receiver a file of its own"
+                )
             mode = conn.execute("PRAGMA journal_mode = wal").fetchone()[0]
             if mode != "wal":
                 logger.debug("receiver store %s stays in %s journal mode", self.db_path, mode)
@@ -550,6 +565,7 @@ class _Handler(BaseHTTPRequestHandler):
             faults.max_body_bytes is not None and len(body) > faults.max_body_bytes
         ):
             raise _Refused(413, "body too large")
+        body = _decode(body, self.headers.get("Content-Encoding"), faults.max_body_bytes)
         content_type = (log["content_type"] or "").split(";", 1)[0].strip().lower()
         if content_type != "application/json":
             raise _Refused(415, "content type must be application/json")
@@ -662,6 +678,26 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             logger.debug("receiver: client went away before the answer")
             self.close_connection = True
+
+
+def _decode(body: bytes, encoding: str | None, max_bytes: int | None) -> bytes:
+    """The body with its Content-Encoding undone, or _Refused (415, 413 or 400)."""
+    coding = (encoding or "").strip().lower()
+    if coding in ("", "identity"):
+        return body
+    if coding not in ("gzip", "x-gzip"):
+        raise _Refused(415, "content encoding must be gzip or none")
+    limit = _DRAIN_LIMIT if max_bytes is None else max_bytes
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)  # gzip header and trailer
+    try:
+        inflated = inflater.decompress(body, limit + 1)  # never more than one byte past
+    except zlib.error:
+        raise _Refused(400, "body is not valid gzip") from None
+    if len(inflated) > limit:
+        raise _Refused(413, "body too large once inflated")
+    if not inflater.eof or inflater.unused_data:
+        raise _Refused(400, "body is not one complete gzip member")
+    return inflated
 
 
 def _valid_entry(entry: Any, reject_names: frozenset[str]) -> bool:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import sqlite3
 import threading
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
@@ -13,9 +15,11 @@ from typing import Any
 import httpx
 import pytest
 
+from spooler import receiver as receiver_module
 from spooler.client import CloudClient
 from spooler.errors import TransientDeliveryError
 from spooler.receiver import Faults, Receiver
+from spooler.spool import Spool
 
 KEY = "sk_test_R3CEIVER_0cc175b9c0f1b6a8"
 
@@ -481,3 +485,110 @@ def test_aggregate_fields_are_accepted_on_emitted_entries_only(post: Post) -> No
         entry("sid-5", status="emitted", aggregate_id={"nested": "payload"}),
     ):
         assert post(body={"entries": [bad]}).status_code == 422, bad
+
+
+# Compressed bodies
+
+
+def _gzip(document: Any) -> bytes:
+    return gzip.compress(json.dumps(document).encode(), mtime=0)
+
+
+def test_a_gzip_body_is_inflated_and_accepted(receiver: Receiver, post: Post) -> None:
+    """Content-Encoding: gzip (any case) is inflated before the contract checks."""
+    response = post(content=_gzip({"entries": [entry("e-1")]}), Content_Encoding="GZip")
+    assert response.status_code == 202
+    assert receiver.entry_ids() == ["e-1"]
+
+
+def test_identity_encoding_is_the_plain_body(receiver: Receiver, post: Post) -> None:
+    """Content-Encoding: identity is accepted as no encoding at all."""
+    response = post(body={"entries": [entry("e-1")]}, Content_Encoding="identity")
+    assert response.status_code == 202
+
+
+@pytest.mark.parametrize("encoding", ["br", "deflate", "zstd", "gzip, br"])
+def test_an_unknown_encoding_is_415(receiver: Receiver, post: Post, encoding: str) -> None:
+    """Encodings other than gzip are refused with 415, and nothing is stored."""
+    response = post(content=_gzip({"entries": [entry("e-1")]}), Content_Encoding=encoding)
+    assert response.status_code == 415
+    assert receiver.entry_count() == 0
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"not gzip at all",
+        gzip.compress(b'{"entries": []}', mtime=0)[:-6],  # cut short
+        gzip.compress(b"{}", mtime=0) + b"trailing",
+        b"",
+    ],
+    ids=["garbage", "truncated", "trailing", "empty"],
+)
+def test_a_broken_gzip_body_is_400(receiver: Receiver, post: Post, content: bytes) -> None:
+    """Bytes that do not inflate to exactly one gzip member are 400, not a server error."""
+    assert post(content=content, Content_Encoding="gzip").status_code == 400
+    assert receiver.entry_count() == 0
+
+
+def test_the_size_limit_applies_to_the_inflated_body(receiver: Receiver, post: Post) -> None:
+    """A gzip body small on the wire but over max_body_bytes once inflated is 413."""
+    receiver.set_faults(Faults(max_body_bytes=1000))
+    document = {"entries": [entry("e-1", event_name="x" * 2000)]}
+    compressed = _gzip(document)
+    assert len(compressed) < 1000 < len(json.dumps(document))
+    assert post(content=compressed, Content_Encoding="gzip").status_code == 413
+    small = _gzip({"entries": [entry("e-2")]})
+    assert post(content=small, Content_Encoding="gzip").status_code == 202
+    assert receiver.entry_ids() == ["e-2"]
+
+
+def test_a_gzip_bomb_is_refused_without_inflating_it(
+    receiver: Receiver, post: Post, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a limit of its own the receiver stops inflating one byte past 64 MiB: a ~64 KiB
+    body that would inflate to 64 MiB + 1 KiB answers 413 and only limit + 1 bytes are made."""
+    made: list[int] = []
+    real = zlib.decompressobj
+
+    class Recording:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self._inner = real(*args, **kwargs)
+
+        def decompress(self, data: bytes, max_length: int = 0) -> bytes:
+            out = self._inner.decompress(data, max_length)
+            made.append(len(out))
+            return out
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._inner, name)
+
+    monkeypatch.setattr(receiver_module.zlib, "decompressobj", Recording)
+    bomb = gzip.compress(b"\0" * ((64 << 20) + 1024), compresslevel=9, mtime=0)
+    assert len(bomb) < 100_000
+    assert post(content=bomb, Content_Encoding="gzip").status_code == 413
+    assert made == [(64 << 20) + 1]
+
+
+def test_compressing_client_delivers_end_to_end(receiver: Receiver) -> None:
+    """CloudClient(compress=True) sends gzip bodies the receiver inflates and stores."""
+    with CloudClient(api_key=KEY, endpoint=receiver.url, compress=True) as client:
+        client.send_entries([entry("e-1"), entry("e-2")], idempotency_key="k-1")
+        client.send_heartbeat({"type": "heartbeat"})
+    assert receiver.entry_ids() == ["e-1", "e-2"]
+    assert len(receiver.heartbeats()) == 1
+
+
+# The store
+
+
+def test_a_spool_is_refused_as_a_receiver_database(tmp_path: Path) -> None:
+    """`receive --db .spooler/spool.db` fails with a clear ValueError and leaves the spool as is."""
+    path = tmp_path / "spool.db"
+    Spool(str(path), max_bytes=4 << 20).close()
+    with closing(sqlite3.connect(path)) as conn:
+        before = conn.execute("SELECT name FROM sqlite_master ORDER BY name").fetchall()
+    with pytest.raises(ValueError, match="is a spooler spool, not a receiver database"):
+        Receiver(api_key=KEY, db_path=path)
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT name FROM sqlite_master ORDER BY name").fetchall() == before
