@@ -136,6 +136,8 @@ def _config(args: argparse.Namespace) -> Config:
 def _cmd_ship(args: argparse.Namespace) -> int:
     from spooler.shipper import BACKOFF_MAX, Shipper
 
+    if args.spool_dir is not None:
+        return _ship_dir(args)
     config = _config(args)
     if not config.api_key:
         raise _UserError(f"no API key; set {ENV_VARS['api_key']} (nothing shipped)")
@@ -175,6 +177,55 @@ def _cmd_ship(args: argparse.Namespace) -> int:
         shipper.close()
 
 
+def _dir_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    if getattr(args, "spool_path", None) is not None:
+        raise _UserError("give --spool or --spool-dir, not both")
+    folder = os.path.abspath(args.spool_dir)
+    if not os.path.isdir(folder):
+        raise _UserError(f"--spool-dir {folder} is not a folder; create it or fix the path")
+    return {name: getattr(args, name) for name in _FLAGS if getattr(args, name, None) is not None}
+
+
+def _ship_dir(args: argparse.Namespace) -> int:
+    """``ship --spool-dir``: one shipper for every spool in a folder (spooler.node)."""
+    from spooler.node import NodeShipper
+
+    overrides = _dir_overrides(args)
+    if args.once:
+        raise _UserError("--once ships one spool; drop it with --spool-dir")
+    if not _config(args).api_key:
+        raise _UserError(f"no API key; set {ENV_VARS['api_key']} (nothing shipped)")
+    extra: dict[str, Any] = {}
+    if args.remove_after is not None:
+        extra["remove_after"] = args.remove_after
+    node = NodeShipper(
+        args.spool_dir,
+        environ=os.environ,
+        overrides=overrides,
+        backoff_max=args.backoff_max,
+        **extra,
+    )
+
+    def on_signal(signum: int, _frame: object) -> None:
+        logger.info(
+            "received %s; stopping (rows in flight stay in their spools)",
+            signal.Signals(signum).name,
+        )
+        node.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    logger.info(
+        "shipping every spool in %s to %s (batch %d, every %.1f s)",
+        node.folder,
+        node.config.endpoint,
+        node.config.batch_size,
+        node.config.flush_interval,
+    )
+    node.run()
+    return EXIT_OK
+
+
 def _ship_once(shipper: Shipper) -> int:
     """Drain, say what happened in one line, and exit 1 only if something still waits.
 
@@ -206,6 +257,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from spooler.lock import holder_pid
     from spooler.stats import iso_epoch, read_stats
 
+    if args.spool_dir is not None:
+        return _status_dir(args)
     config = _config(args)
     try:
         stats = read_stats(config.spool_path, max_bytes=config.spool_max_bytes)
@@ -252,6 +305,55 @@ def _cmd_status(args: argparse.Namespace) -> int:
         f"last error     {last_error}",
     ]
     print("\n".join(lines))
+    return EXIT_OK
+
+
+def _status_dir(args: argparse.Namespace) -> int:
+    """``status --spool-dir``: one line per spool in the folder and a total."""
+    from spooler.lock import holder_pid
+    from spooler.node import find_spools, identify
+    from spooler.stats import read_stats
+
+    _dir_overrides(args)
+    rows: list[dict[str, Any]] = []
+    for path in find_spools(args.spool_dir):
+        if identify(path) is not None:
+            continue
+        try:
+            stats = read_stats(path)
+        except (FileNotFoundError, sqlite3.Error):
+            continue  # removed or busy meanwhile
+        data = stats.as_dict()
+        data["shipper_pid"] = holder_pid(path)
+        rows.append(data)
+    total = {
+        "spools": len(rows),
+        "waiting": sum(r["depth"] for r in rows),
+        "bytes_on_disk": sum(r["bytes_on_disk"] for r in rows),
+        "dead_letters": sum(r["dead_letters"] for r in rows),
+        "oldest_age_seconds": max(
+            (r["oldest_age_seconds"] for r in rows if r["oldest_age_seconds"] is not None),
+            default=None,
+        ),
+        "shipped": sum(r["counters"].get("shipped", 0) for r in rows),
+    }
+    if args.json:
+        folder = os.path.abspath(args.spool_dir)
+        print(json.dumps({"folder": folder, "spools": rows, "total": total}, indent=2))
+        return EXIT_OK
+    for r in rows:
+        pid = r["shipper_pid"]
+        print(
+            f"{os.path.basename(r['path'])}  waiting {r['depth']}, oldest "
+            f"{_age(r['oldest_age_seconds'])}, {_size(r['bytes_on_disk'])}, "
+            f"shipped {r['counters'].get('shipped', 0)}, dead letters {r['dead_letters']}, "
+            f"shipper {f'pid {pid}' if pid else 'none'}"
+        )
+    print(
+        f"total  {total['spools']} spools, waiting {total['waiting']}, oldest "
+        f"{_age(total['oldest_age_seconds'])}, {_size(total['bytes_on_disk'])}, "
+        f"shipped {total['shipped']}, dead letters {total['dead_letters']}"
+    )
     return EXIT_OK
 
 
@@ -472,6 +574,14 @@ def _parser() -> argparse.ArgumentParser:
             help="spool file (default .spooler/spool.db)",
         )
 
+    def spool_dir_opt(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--spool-dir",
+            metavar="DIR",
+            help="every spool (*.db) in this folder, one shipper per node "
+            "(README: One shipper per node)",
+        )
+
     ship = sub.add_parser(
         "ship",
         formatter_class=raw,
@@ -484,6 +594,14 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     spool_opts(ship)
+    spool_dir_opt(ship)
+    ship.add_argument(
+        "--remove-after",
+        type=_number(float, 0.0, what="a number of seconds"),
+        metavar="SECONDS",
+        help="with --spool-dir: remove a drained spool no app has had open for this long "
+        "(default 300)",
+    )
     ship.add_argument(
         "--endpoint", metavar="URL", help="Cloud ingest URL (https, or http to loopback)"
     )
@@ -525,6 +643,7 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     spool_opts(status)
+    spool_dir_opt(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
     common(status)
     status.set_defaults(func=_cmd_status)
