@@ -11,7 +11,8 @@ like a log agent run as a DaemonSet.
   ``lock_retry`` seconds.
 * One :class:`~spooler.client.CloudClient` (one keep-alive pool) serves all of
   them, one request at a time; SIGTERM aborts the request in flight.
-* Fair turns: each turn gives every spool that is due at most one batch, so a
+* Fair turns: each turn gives every spool that is due at most a few batches
+  (``batches_per_turn``, 4), so a
   busy spool cannot starve a quiet one. A spool whose batch failed for now is
   parked for its backoff (never slept on) while the others go on.
 * A spool whose app is gone is drained and then removed (see :meth:`NodeShipper`
@@ -51,6 +52,10 @@ __all__ = ["NodeShipper", "expand_spool_path", "find_spools"]
 logger = logging.getLogger(__name__)
 
 RESCAN_INTERVAL = 1.0  # seconds between looks at the folder (and the polling fallback)
+# Batches one spool may send per turn: a few, so the per-cycle chores (a checkpoint
+# after each delivery) are shared, yet a quiet spool waits for at most this many
+# batches of each busy one.
+BATCHES_PER_TURN = 4
 LOCK_RETRY = 5.0  # seconds before trying again a spool another shipper holds
 REMOVE_AFTER = 300.0  # seconds a drained spool must stay untouched before it is removed
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
@@ -134,8 +139,8 @@ def identify(path: str) -> str | None:
 
 
 class _TurnSpool(Spool):
-    """A spool that hands out at most ``budget`` fresh batches; the node sets it to 1
-    before each turn, so one cycle of the Shipper sends one batch. Re-reads of a
+    """A spool that hands out at most ``budget`` fresh batches; the node sets it before
+    each turn, so one cycle of the Shipper sends at most that many batches. Re-reads of a
     batch being retried (``last_id`` given) are not fresh and always answered."""
 
     budget: int = 1 << 62
@@ -212,6 +217,7 @@ class NodeShipper:
         lock_retry: float = LOCK_RETRY,
         rescan: float = RESCAN_INTERVAL,
         backoff_max: float | None = None,
+        batches_per_turn: int = BATCHES_PER_TURN,
         watch: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -235,6 +241,7 @@ class NodeShipper:
         self.lock_retry = lock_retry
         self.rescan = rescan
         self.backoff_max = BACKOFF_MAX if backoff_max is None else backoff_max
+        self.batches_per_turn = max(1, batches_per_turn)
         self._clock = clock
         self._watch = watch
         self._stop = threading.Event()
@@ -312,7 +319,7 @@ class NodeShipper:
 
     def _serve(self, served: _Served) -> None:
         shipper, spool = served.shipper, served.spool
-        spool.budget = 1
+        spool.budget = self.batches_per_turn
         served.turns += 1
         try:
             wait = shipper.tick()
@@ -326,7 +333,7 @@ class NodeShipper:
         else:
             served.failures = 0
             if spool.budget == 0:
-                wait = 0.0  # a batch went: there may be more, next turn
+                wait = 0.0  # its turn's batches went: there may be more, next turn
             else:
                 self._maybe_retire(served)
         served.next_at = self._clock() + min(wait, self.rescan)
