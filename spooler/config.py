@@ -40,6 +40,7 @@ __all__ = [
     "ENV_VARS",
     "OPTIONS",
     "Config",
+    "check_proxy",
     "format_size",
     "options_from_settings",
     "parse_option",
@@ -209,7 +210,7 @@ class Config:
             if not os.path.isdir(folder):
                 raise ConfigError("schemas", f"{folder!r} is not a directory")
         set_(self, "dashboard_origins", _check_origins(self.dashboard_origins))
-        set_(self, "proxy", _check_proxy(self.proxy))
+        set_(self, "proxy", check_proxy(self.proxy))
         set_(self, "ca_bundle", _check_ca_bundle(self.ca_bundle))
         if self.before_send is not None and not callable(self.before_send):
             raise ConfigError(
@@ -548,8 +549,11 @@ def redact_url(url: str) -> str:
     return parts._replace(netloc=f"***@{host}").geturl()
 
 
-def _check_proxy(proxy: object) -> str | None:
-    # Messages never quote the URL: it may carry the proxy's password.
+def check_proxy(proxy: object) -> str | None:
+    """``proxy`` if it is an ``http(s)://[user:password@]host[:port]`` URL, None if None.
+
+    Raises :class:`ConfigError` otherwise, without quoting the URL (it may hold a password).
+    """
     if proxy is None:
         return None
     if not isinstance(proxy, str):
