@@ -55,7 +55,12 @@ class SpoolError(SpoolerError):
 
 
 class SpoolBusyError(SpoolError):
-    """Another writer held the spool past the short busy timeout."""
+    """Another writer held the spool past the short busy timeout (``stored`` entries of
+    the call were stored before that)."""
+
+    def __init__(self, message: str, *, stored: int = 0) -> None:
+        self.stored = stored
+        super().__init__(message)
 
 
 class UnsafeSpoolError(SpoolError):

@@ -91,6 +91,7 @@ class Reporter:
         self._buffer: collections.deque[Any] = collections.deque()
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._writing = threading.Lock()
         self._spool: Spool | None = None  # the writer thread's connection
         self._host_spool: Spool | None = None  # immediate mode: the host threads' connection
         self._started_at = time.monotonic()
@@ -168,6 +169,7 @@ class Reporter:
     def _reset_after_fork(self) -> None:
         # Entries in the inherited buffer are the parent's to write.
         self._buffer = collections.deque()
+        self._writing = threading.Lock()  # the parent's writer may have held it at the fork
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._writer = None
@@ -211,8 +213,9 @@ class Reporter:
         self._wake.set()
         writer = self._writer
         if writer is not None and writer is not threading.current_thread():
-            writer.join(1.0)
-        self._flush_buffer(timeout=WRITER_BUSY_TIMEOUT)
+            writer.join(WRITER_BUSY_TIMEOUT + 1.0)
+        self._flush_buffer(timeout=max(WRITER_BUSY_TIMEOUT, min(timeout, 5.0)))
+        self._count_left_behind()
         if self._shipper is None:
             self._shipper = self._final_shipper()
         empty = True
@@ -225,6 +228,25 @@ class Reporter:
                 empty = empty and self._spool.peek(1)[0] == 0
             self._spool.close()
         return empty
+
+    def _count_left_behind(self) -> None:
+        """Entries still in memory at shutdown (other writers held the spool all along)
+        are lost with the process: count them as dropped, and say so."""
+        left = len(self._buffer)
+        if not left or self._spool is None:
+            return
+        with self._writing:
+            left = len(self._buffer)
+            self._buffer.clear()
+        if not left:
+            return
+        self._spool.count("dropped", left)
+        self._spool.flush_counters(timeout=2.0)
+        logger.warning(
+            "spooler dropped %d entries at shutdown: other writers held the spool past "
+            "the deadline (counted as 'dropped')",
+            left,
+        )
 
     def _final_shipper(self) -> Shipper | None:
         """A process that exits before its writer thread got to start the shipper still
@@ -402,6 +424,13 @@ class Reporter:
         finally:
             self._ready.set()
         self._try_ship()
+        start_thread(self._verify, "spooler.verify")
+
+    def _verify(self) -> None:
+        """quick_check the spool on a thread of its own: writing and checkpointing go on."""
+        spool = self._spool
+        if spool is None:
+            return
         try:
             if not spool.verify():
                 shipper = self._shipper
@@ -442,6 +471,18 @@ class Reporter:
         spool = self._spool
         buffer = self._buffer
         written = 0
+        # One thread at a time holds entries taken out of the buffer: shutdown waits for
+        # the writer's group to be stored or put back before it counts what is left.
+        with self._writing:
+            written = self._flush_groups(spool, buffer, timeout)
+        if written and self._shipper is not None:
+            self._shipper.notify()
+        return written
+
+    def _flush_groups(
+        self, spool: Spool | None, buffer: collections.deque[Any], timeout: float
+    ) -> int:
+        written = 0
         while buffer and spool is not None:
             group: list[Any] = []
             try:
@@ -452,11 +493,11 @@ class Reporter:
             entries = self._entries(group, spool)
             try:
                 written += spool.append_many(entries, timeout=timeout, raise_on_busy=True)
-            except SpoolBusyError:
-                buffer.extendleft(reversed(entries))
+            except SpoolBusyError as exc:
+                # Keep what was not stored, in order, for the next try.
+                written += exc.stored
+                buffer.extendleft(reversed(entries[exc.stored :]))
                 break
-        if written and self._shipper is not None:
-            self._shipper.notify()
         return written
 
     def _entries(self, group: list[Any], spool: Spool) -> list[dict[str, Any]]:

@@ -254,15 +254,20 @@ class Spool:
             pass
 
     def verify(self) -> bool:
-        """``PRAGMA quick_check`` the open file (O(size): never on the host's thread).
+        """``PRAGMA quick_check`` the file (O(size): never on the host's thread).
 
-        A damaged file is moved aside with its -wal and -shm and a fresh spool
-        opened in its place. Returns True when the file was healthy.
+        The check runs on a connection of its own, so this spool keeps writing and
+        checkpointing meanwhile. A damaged file is moved aside with its -wal and
+        -shm and a fresh spool opened in its place. Returns True when it was healthy.
         """
+        checker = sqlite3.connect(self.path, timeout=_OPEN_WAIT, isolation_level=None)
+        try:
+            problem = verify(checker)
+        finally:
+            checker.close()  # SQLite's own close: it keeps the locks of other connections
+        if problem is None:
+            return True
         with self._locked(_OPEN_WAIT) as conn:
-            problem = verify(conn)
-            if problem is None:
-                return True
             conn.close()
             self._conn = None
             quarantine(self.path, problem)
@@ -504,9 +509,10 @@ class Spool:
         were stored.
 
         Never raises, except :class:`SpoolBusyError` when ``raise_on_busy`` is
-        set and another writer held the lock past ``timeout`` (the caller then
-        keeps the entries, nothing is counted). Anything else that fails is
-        counted as ``dropped``.
+        set and another writer held the lock past ``timeout``: its ``stored``
+        says how many of the first entries were stored before that; the caller
+        keeps the rest (nothing is counted). Anything else that fails is counted
+        as ``dropped``.
         """
         if not entries:
             return 0
@@ -535,12 +541,14 @@ class Spool:
                     self._appends += 1
                     continue
             except SpoolBusyError:
-                if raise_on_busy and not stored:
-                    raise
+                if raise_on_busy:
+                    raise SpoolBusyError("spool is busy", stored=stored) from None
                 self._log_once("busy", "spool dropped entries: another writer held the lock")
             except sqlite3.OperationalError as exc:
-                if raise_on_busy and not stored and _is_busy(exc):
-                    raise SpoolBusyError("spool is locked by another writer") from None
+                if raise_on_busy and _is_busy(exc):
+                    raise SpoolBusyError(
+                        "spool is locked by another writer", stored=stored
+                    ) from None
                 self._log_once(type(exc).__name__ + str(exc), "spool dropped entries: %s", exc)
             except Exception as exc:
                 self._log_once(type(exc).__name__, "spool dropped entries: %s", exc)
