@@ -614,9 +614,8 @@ spooler.configure(api_key="k", endpoint="http://127.0.0.1:9", spool_path=sys.arg
                   ship_in_process=False)
 spooler.start()
 w = int(sys.argv[1])
-accepted = sum(
-    spooler.track_emit({"event_id": w * 1_000_000 + i, "event_name": "x"}) for i in range(int(sys.argv[3]))
-)
+n = int(sys.argv[3])
+accepted = sum(spooler.track_emit({"event_id": w * 10**6 + i, "event_name": "x"}) for i in range(n))
 spooler.shutdown()
 print(accepted)
 """
