@@ -29,10 +29,11 @@ import collections
 import contextlib
 import json
 import logging
+import math
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from spooler import hooks
@@ -102,6 +103,7 @@ class Reporter:
         self._schemas: dict[str, str] = load_schemas(config.schemas) if config.enabled else {}
         self._schemas_dirty = bool(self._schemas)
         self._last_takeover = 0.0
+        self._before_send_failed = False
         self._send_error_message = config.send_error_message
         self._error_max = config.error_message_max_length
         self._immediate = config.spool_mode == "immediate"
@@ -117,6 +119,8 @@ class Reporter:
         """
         if not self.config.enabled or self._closed:
             return False
+        if self.config.debug:
+            _debug_logging()
         hooks.subscribe(self)
         self.active = True
         _install_process_hooks()
@@ -385,6 +389,13 @@ class Reporter:
         if entry is None:
             spool.count("invalid")
             return False
+        if self.config.before_send is not None:
+            # Immediate mode commits before returning: before_send runs here, on the
+            # host's thread (in background mode it runs on the writer thread).
+            entry = self._before_send(self.config.before_send, entry)
+            if entry is None:
+                spool.count("filtered")
+                return False
         deadline = time.monotonic() + IMMEDIATE_TIMEOUT
         if not self._ready.is_set():
             # The first calls of a process wait for the writer thread's open, so
@@ -465,6 +476,12 @@ class Reporter:
             except Exception:
                 logger.exception("spooler writer failed; continuing")
                 self._stop.wait(0.5)
+        # Stopping: what is still in memory is built (before_send included) and committed
+        # here, on the writer thread, not on the thread that called shutdown().
+        try:
+            self._flush_buffer(timeout=WRITER_BUSY_TIMEOUT)
+        except Exception:
+            logger.exception("spooler writer's last flush failed")
 
     def _flush_buffer(self, *, timeout: float) -> int:
         """Build and commit buffered entries in groups; on lock contention keep them."""
@@ -475,8 +492,10 @@ class Reporter:
         # the writer's group to be stored or put back before it counts what is left.
         with self._writing:
             written = self._flush_groups(spool, buffer, timeout)
-        if written and self._shipper is not None:
-            self._shipper.notify()
+        if written:
+            logger.debug("committed %d entries (%d still in memory)", written, len(buffer))
+            if self._shipper is not None:
+                self._shipper.notify()
         return written
 
     def _flush_groups(
@@ -503,7 +522,8 @@ class Reporter:
     def _entries(self, group: list[Any], spool: Spool) -> list[dict[str, Any]]:
         """Entries from what the host's thread captured (or built already)."""
         entries = []
-        invalid = 0
+        invalid = filtered = 0
+        before_send = self.config.before_send
         for item in group:
             entry = (
                 item
@@ -516,11 +536,50 @@ class Reporter:
             )
             if entry is None:
                 invalid += 1
-            else:
-                entries.append(entry)
+                continue
+            if before_send is not None:
+                entry = self._before_send(before_send, entry)
+                if entry is None:
+                    filtered += 1
+                    continue
+            entries.append(entry)
         if invalid:
             spool.count("invalid", invalid)
+        if filtered:
+            spool.count("filtered", filtered)
         return entries
+
+    def _before_send(
+        self, before_send: Callable[[dict[str, Any]], Any], entry: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """The host's ``before_send`` on one entry: a scrubbed entry, or None to drop it.
+
+        It may change values and drop the entry, not add keys: what comes back is cut to
+        the entry's own (allowlisted) keys, values that are not JSON scalars become null.
+        An exception drops the entry (it may have needed scrubbing) and is logged once by
+        type only.
+        """
+        try:
+            result = before_send(dict(entry))
+        except Exception as exc:
+            if not self._before_send_failed:
+                self._before_send_failed = True
+                logger.warning(
+                    "before_send raised %s; the entry is dropped (counted as 'filtered')",
+                    type(exc).__name__,
+                )
+            return None
+        if not isinstance(result, Mapping):
+            return None
+        scrubbed = {}
+        for key in entry:
+            value = result.get(key)
+            keep = type(value) in _SCALARS and not (
+                isinstance(value, float) and not math.isfinite(value)
+            )
+            scrubbed[key] = value if keep else None
+        scrubbed["status"] = entry["status"]  # the spool and the receiver rely on it
+        return scrubbed
 
     # -- schemas -------------------------------------------------------------------
 
@@ -555,6 +614,22 @@ class Reporter:
 
 _reporter: Reporter | None = None
 _process_hooks = False
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _debug_logging() -> None:
+    """``debug=True``: spooler's own logs at DEBUG on stderr when the host set up none
+    (as sentry's ``debug=True``); a host that configured logging keeps its own setup."""
+    log = logging.getLogger("spooler")
+    if log.handlers or logging.getLogger().handlers:
+        log.setLevel(logging.DEBUG)
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG)
 
 
 def _install_process_hooks() -> None:

@@ -100,6 +100,7 @@ COUNTER_NAMES = (
     "dead_lettered",
     "lost",
     "dead_letters_evicted",
+    "filtered",
     "publish_batches",
     "publish_batch_events",
 )

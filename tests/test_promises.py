@@ -6,6 +6,7 @@ Deliveries are counted by tests/cloud.py, a Cloud that shares no code with spool
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -647,3 +648,59 @@ def test_eight_background_producers_lose_nothing_they_accepted_silently(tmp_path
     # Accepted entries are stored (or evicted past the cap) or counted as dropped later.
     assert stored + c["evicted"] + (c["dropped"] - refused) == accepted
     assert c["appended"] == stored + c["evicted"]
+
+
+def test_before_send_scrubs_or_drops_off_the_hosts_thread(spool_path: str) -> None:
+    """before_send runs on the writer thread in background mode; it may blank values or
+    drop an entry (counted as filtered), never add keys; its exceptions never reach the host."""
+    threads: list[str] = []
+
+    def before_send(entry: dict[str, Any]) -> dict[str, Any] | None:
+        threads.append(threading.current_thread().name)
+        if entry["event_id"] == 2:
+            return None
+        if entry["event_id"] == 3:
+            raise RuntimeError("a bug in the host's hook")
+        return dict(entry, idempotency_key=None, smuggled={"card": "4111"})
+
+    spooler.configure(
+        api_key=KEY, spool_path=spool_path, ship_in_process=False, before_send=before_send
+    )
+    spooler.start()
+    for i in range(1, 5):
+        assert spooler.track_emit(dict(event(i), idempotency_key=f"k-{i}"))
+    spooler.shutdown()
+    assert set(threads) == {"spooler.writer"}
+    with closing(sqlite3.connect(spool_path)) as conn:
+        stored = [json.loads(r[0]) for r in conn.execute("SELECT entry FROM entries ORDER BY id")]
+    assert [e["event_id"] for e in stored] == [1, 4]
+    assert all(e["idempotency_key"] is None and "smuggled" not in e for e in stored)
+    assert counters(spool_path)["filtered"] == 2
+
+
+def test_debug_logs_spooler_at_debug_on_stderr_when_the_host_set_up_no_logging(
+    tmp_path: Path,
+) -> None:
+    """EVENT_ENGINE_CLOUD_DEBUG=true: spooler's own DEBUG lines on stderr, as sentry's debug."""
+    code = (
+        "import spooler; spooler.configure(spool_path=__import__('sys').argv[1]); "
+        "spooler.start(); spooler.track_emit({'event_name': 'x'}); spooler.shutdown(0)"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENT_ENGINE_CLOUD_")}
+    env.update(
+        EVENT_ENGINE_CLOUD_KEY=KEY,
+        EVENT_ENGINE_CLOUD_ENDPOINT=f"http://127.0.0.1:{free_port()}",
+        EVENT_ENGINE_CLOUD_DEBUG="true",
+        EVENT_ENGINE_CLOUD_SHIP_IN_PROCESS="false",
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "s" / "spool.db")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert " DEBUG spooler." in out.stderr and " INFO spooler.reporter" in out.stderr
+    assert KEY not in out.stderr
