@@ -11,7 +11,9 @@ read-only), so recording them costs nothing per event::
     spooler_entries_total{reason}              counter  the spool's counters by reason:
                                                         appended, shipped, evicted, invalid,
                                                         dropped, dead_lettered, lost,
-                                                        dead_letters_evicted
+                                                        dead_letters_evicted, filtered
+                                                        (any counter the spool adds later
+                                                        appears here too)
     spooler_publish_batches_total              counter  host publish batches seen
     spooler_publish_batch_events_total         counter  events in those batches
     spooler_spool_depth                        gauge    entries waiting
