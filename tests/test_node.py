@@ -463,3 +463,24 @@ def test_a_spool_locked_by_another_process_is_not_opened(folder: str) -> None:
                 n.close()
     finally:
         other.release()
+
+
+def test_a_failing_spool_is_parked_not_slept_on(folder: str) -> None:
+    """While the Cloud answers 503, one turn tries each spool once and returns: a spool in
+    backoff is parked (next try after its wait), never retried in a loop that holds the
+    others. Its rows stay, and go once the Cloud is back."""
+    for name in ("a.db", "b.db"):
+        s = Spool(os.path.join(folder, name))
+        s.append_many([make_entry(i) for i in range(60)])
+        s.close()
+    with CountingCloud(status=503) as cloud:
+        n = node(folder, cloud.url, backoff_max=0.05)
+        try:
+            n.turn()
+            tried = by_spool(cloud.event_ids())
+            assert len(tried) == 2 and all(len(rows) == 50 for rows in tried.values())
+            assert cloud.event_posts() == 2  # one try each, no retry inside the turn
+            cloud.status = 200
+            assert wait_for(lambda: (n.turn(), len(set(cloud.event_ids())) == 120)[1], 20)
+        finally:
+            n.close()
