@@ -109,6 +109,7 @@ _FLAGS = {
     "endpoint": "--endpoint",
     "batch_size": "--batch-size",
     "flush_interval": "--flush-interval",
+    "metrics_port": "--metrics-port",
 }
 
 
@@ -152,6 +153,20 @@ def _cmd_ship(args: argparse.Namespace) -> int:
     except BaseException:
         shipper.close()
         raise
+    metrics = None
+    if config.metrics_port is not None:
+        from spooler.metrics import serve_metrics
+
+        try:
+            metrics = serve_metrics(
+                config.metrics_port,
+                spool_path=config.spool_file,
+                max_bytes=config.spool_max_bytes,
+            )
+        except (ImportError, OSError) as exc:
+            shipper.close()
+            raise _UserError(f"--metrics-port {config.metrics_port}: {exc}") from exc
+        shipper.metrics = metrics
 
     def on_signal(signum: int, _frame: object) -> None:
         logger.info(
@@ -175,6 +190,8 @@ def _cmd_ship(args: argparse.Namespace) -> int:
         return EXIT_OK
     finally:
         shipper.close()
+        if metrics is not None:
+            metrics.close()
 
 
 def _dir_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -436,6 +453,8 @@ def _cmd_receive(args: argparse.Namespace) -> int:
             f"cannot use {db} as the receiver's database ({exc}); give --db a new file or "
             "one the receiver made"
         ) from exc
+    except ValueError as exc:  # --db is a spool
+        raise _UserError(str(exc)) from exc
     listening = False
 
     def ready(r: Receiver) -> None:
@@ -628,6 +647,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="advanced: longest wait between retries, also how often a refused key is "
         "probed (default 60); e.g. --once --max-attempts 2 --backoff-max 0.1 gives up fast",
+    )
+    ship.add_argument(
+        "--metrics-port",
+        metavar="PORT",
+        help="serve Prometheus metrics on 127.0.0.1:PORT (needs spooler[metrics]; 0 picks one)",
     )
     common(ship)
     ship.set_defaults(func=_cmd_ship)

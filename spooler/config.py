@@ -31,6 +31,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from spooler.errors import ConfigError
+from spooler.node import expand_spool_path
 
 __all__ = [
     "CODE_ONLY_OPTIONS",
@@ -197,7 +198,7 @@ class Config:
         elif self.enabled and self.api_key is None:
             raise ConfigError("enabled", "is true but api_key is not set")
         try:
-            path = os.path.abspath(os.fspath(self.spool_path))
+            path = os.path.abspath(expand_spool_path(os.fspath(self.spool_path)))
         except TypeError:
             raise ConfigError("spool_path", "must be a path") from None
         set_(self, "spool_path", path)

@@ -51,6 +51,7 @@ from spooler.serializer import (
 from spooler.spool import Spool, encode_row
 
 if TYPE_CHECKING:
+    from spooler.metrics import Metrics
     from spooler.shipper import Shipper
 
 __all__ = [
@@ -104,6 +105,7 @@ class Reporter:
         self._schemas_dirty = bool(self._schemas)
         self._last_takeover = 0.0
         self._before_send_failed = False
+        self._metrics: Metrics | None = None
         self._send_error_message = config.send_error_message
         self._error_max = config.error_message_max_length
         self._immediate = config.spool_mode == "immediate"
@@ -178,6 +180,7 @@ class Reporter:
         self._stop = threading.Event()
         self._writer = None
         self._shipper = None  # its thread did not survive the fork
+        self._metrics = None  # the parent's server; its socket stays the parent's
         for spool in (self._spool, self._host_spool):
             if spool is not None:
                 spool.close()  # in the child this only parks the parent's connection
@@ -193,8 +196,10 @@ class Reporter:
 
                 # The writer thread quick_checks the file; no need to do it twice.
                 self._shipper = Shipper(self.config, started_at=self._started_at, quick_check=False)
-            if not self._shipper.running:
-                self._shipper.start()
+            started = not self._shipper.running and self._shipper.start()
+            if started and self.config.metrics_port is not None:
+                # Metrics come from the one process that ships the spool.
+                self._shipper.metrics = self._serve_metrics()
         except Exception:
             logger.exception("spooler could not start the in-process shipper")
 
@@ -225,6 +230,9 @@ class Reporter:
         empty = True
         if self._shipper is not None:
             empty = self._shipper.stop(flush_timeout=timeout, join_timeout=0.5)
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
         if self._host_spool is not None:
             self._host_spool.close()
         if self._spool is not None:
@@ -251,6 +259,22 @@ class Reporter:
             "the deadline (counted as 'dropped')",
             left,
         )
+
+    def _serve_metrics(self) -> Metrics | None:
+        if self._metrics is None and self.config.metrics_port is not None:
+            try:
+                from spooler.metrics import serve_metrics
+
+                self._metrics = serve_metrics(
+                    self.config.metrics_port,
+                    spool_path=self.config.spool_file,
+                    max_bytes=self.config.spool_max_bytes,
+                )
+            except Exception as exc:  # never break the host
+                logger.warning(
+                    "spooler could not serve metrics on port %s: %s", self.config.metrics_port, exc
+                )
+        return self._metrics
 
     def _final_shipper(self) -> Shipper | None:
         """A process that exits before its writer thread got to start the shipper still

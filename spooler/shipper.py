@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tenacity
 
@@ -47,6 +47,9 @@ from spooler.errors import (
 from spooler.lock import ShipperLock
 from spooler.serializer import build_heartbeat, load_schemas
 from spooler.spool import Spool, SpoolBatch, SpoolRow, iso_epoch, now_iso
+
+if TYPE_CHECKING:
+    from spooler.metrics import Metrics
 
 __all__ = ["BACKOFF_INITIAL", "BACKOFF_MAX", "CycleResult", "Shipper", "ShipperLock"]
 
@@ -162,6 +165,8 @@ class Shipper:
         # Trouble is logged when it starts, then at most every TROUBLE_LOG_INTERVAL.
         self._throttle = Throttle(TROUBLE_LOG_INTERVAL, clock)
         self._sending = threading.Lock()
+        #: Prometheus metrics this shipper feeds (``ship --metrics-port``), if any.
+        self.metrics: Metrics | None = None
         self._failing_since: float | None = None
         self._rejected_unlogged = 0
         keep_out_of_host_logs()
@@ -173,7 +178,13 @@ class Shipper:
         """The Cloud client, created on first use (no socket before then)."""
         if self._client is None:
             assert self.config.api_key is not None
-            self._client = CloudClient(api_key=self.config.api_key, endpoint=self.config.endpoint)
+            self._client = CloudClient(
+                api_key=self.config.api_key,
+                endpoint=self.config.endpoint,
+                proxy=self.config.proxy,
+                ca_bundle=self.config.ca_bundle,
+                compress=self.config.compress,
+            )
         return self._client
 
     def start(self) -> bool:
@@ -655,9 +666,14 @@ class Shipper:
                 raise _Gone
             if not final and self._stop.is_set():
                 raise _Stopped  # a stop between the checks and the send: do not start it
+            started = self._clock()
             self.client.send_entries_json(
                 current.body, count=current.count, idempotency_key=current.key
             )
+            metrics = self.metrics
+            if metrics is not None:
+                metrics.observe_delivery(self._clock() - started, current.count)
+                metrics.delivered_at(self._wall_clock())
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             result.retries += 1

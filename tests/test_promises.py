@@ -704,3 +704,32 @@ def test_debug_logs_spooler_at_debug_on_stderr_when_the_host_set_up_no_logging(
     assert out.returncode == 0, out.stderr
     assert " DEBUG spooler." in out.stderr and " INFO spooler.reporter" in out.stderr
     assert KEY not in out.stderr
+
+
+def test_spool_path_placeholders_are_expanded_by_config(tmp_path: Path) -> None:
+    """{hostname} and {pid} in spool_path give each app instance a file of its own."""
+    cfg = Config(spool_path=str(tmp_path / "{hostname}-{pid}.db"))
+    name = os.path.basename(cfg.spool_file)
+    assert "{" not in name and name.endswith(f"-{os.getpid()}.db")
+
+
+def test_the_shipper_feeds_delivery_metrics(spool_path: str) -> None:
+    """A shipper given a Metrics records each delivery's latency and size for scraping."""
+    pytest.importorskip("prometheus_client")
+    from spooler.metrics import Metrics
+
+    with CountingCloud() as cloud:
+        spool = Spool(spool_path)
+        spool.append_many([make_entry(i) for i in range(30)])
+        shipper = Shipper(config(spool_path, cloud.url, batch_size=10), spool=spool, watch=False)
+        metrics = Metrics(spool_path=spool_path)
+        shipper.metrics = metrics
+        try:
+            assert shipper.cycle(heartbeat=False).shipped == 30
+            text = metrics.render().decode()
+        finally:
+            shipper.stop()
+            metrics.close()
+            spool.close()
+    assert "spooler_delivery_seconds_count 3.0" in text
+    assert "spooler_delivery_batch_entries_sum 30.0" in text
