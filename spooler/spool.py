@@ -112,10 +112,14 @@ def _before_fork() -> None:
     # A child forked while SQLite's in-process lock state says "inside a transaction"
     # could never write to the spool (SQLite shares that state between connections of
     # one process). Let a transaction in another thread finish first.
+    # The same for a quick_check running on its own connection: a child forked while
+    # another thread is inside SQLite could hang on SQLite's own mutexes.
     for spool in list(_LIVE):
-        lock = spool._lock
-        if spool._pid == os.getpid() and lock.acquire(timeout=_FORK_WAIT):
-            _held_for_fork.append(lock)
+        if spool._pid != os.getpid():
+            continue
+        for lock in (spool._lock, spool._verifying):
+            if lock.acquire(timeout=_FORK_WAIT):
+                _held_for_fork.append(lock)
 
 
 def _after_fork_in_parent() -> None:
@@ -202,6 +206,7 @@ class Spool:
         self.on_wal_full = on_wal_full
         self._appends = 0
         self._lock = threading.Lock()
+        self._verifying = threading.Lock()  # held while quick_check runs (see _before_fork)
         self._pending_lock = threading.Lock()
         self._pending: dict[str, int] = {}
         self._logged: set[str] = set()
@@ -260,11 +265,12 @@ class Spool:
         checkpointing meanwhile. A damaged file is moved aside with its -wal and
         -shm and a fresh spool opened in its place. Returns True when it was healthy.
         """
-        checker = sqlite3.connect(self.path, timeout=_OPEN_WAIT, isolation_level=None)
-        try:
-            problem = verify(checker)
-        finally:
-            checker.close()  # SQLite's own close: it keeps the locks of other connections
+        with self._verifying:
+            checker = sqlite3.connect(self.path, timeout=_OPEN_WAIT, isolation_level=None)
+            try:
+                problem = verify(checker)
+            finally:
+                checker.close()  # SQLite's own close: it keeps the locks of other connections
         if problem is None:
             return True
         with self._locked(_OPEN_WAIT) as conn:
@@ -333,6 +339,7 @@ class Spool:
         # what the parent still uses): park it, never to be touched or freed.
         self._pid = os.getpid()
         self._lock = threading.Lock()
+        self._verifying = threading.Lock()
         self._pending_lock = threading.Lock()
         self._pending = {}
         self._check = False
@@ -988,12 +995,18 @@ class Spool:
             return
         if self._conn is not None or self._pending:
             self.flush_counters(timeout=1.0)
-        with self._lock:
-            self._closed = True
+        self._closed = True
+        # Bounded: a thread stuck inside the spool must not hang the host's exit.
+        if not self._lock.acquire(timeout=_OPEN_WAIT):
+            logger.warning("spool %s still busy at close; leaving its connection open", self.path)
+            return
+        try:
             self._close_wal_fd()
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> Spool:
         return self

@@ -83,6 +83,30 @@ _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_NOTADB = 11, 13, 26
 _OPEN_TIMEOUT = 2.0
 # Held while a new database file is created and its descriptor closed again.
 _CREATING = threading.Lock()
+_CREATING_FORK_WAIT = 1.0
+
+
+def _creating_before_fork() -> None:
+    global _held_at_fork
+    _held_at_fork = _CREATING.acquire(timeout=_CREATING_FORK_WAIT)
+
+
+def _creating_after_fork_in_parent() -> None:
+    if _held_at_fork:
+        _CREATING.release()
+
+
+def _creating_after_fork_in_child() -> None:
+    global _CREATING
+    _CREATING = threading.Lock()  # another thread may have held it at the fork
+
+
+_held_at_fork = False
+os.register_at_fork(
+    before=_creating_before_fork,
+    after_in_parent=_creating_after_fork_in_parent,
+    after_in_child=_creating_after_fork_in_child,
+)
 _SPOOL_TABLES = frozenset({"entries", "dead_letters", "counters", "meta"})
 _COMPANIONS = ("-wal", "-shm", "-journal")
 _BUMP = (
