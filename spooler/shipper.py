@@ -596,8 +596,11 @@ class Shipper:
         self._resume()
         if self._failing_since is not None:
             logger.info(
-                "delivery to EventEngine Cloud recovered after %.0f s; delivering what waited",
+                "delivery to EventEngine Cloud recovered after %.0f s; %d entries delivered "
+                "in this batch, %d still waiting",
                 self._clock() - self._failing_since,
+                count,
+                self._waiting(),
             )
             self._failing_since = None
             self._throttle.forget("failing")
