@@ -800,16 +800,22 @@ class Spool:
                     "DELETE FROM entries WHERE id BETWEEN ? AND ?", (first_id, last_id)
                 ).rowcount
             )
-            self._bump(conn, "shipped", count)
-            if count > n:
-                self._bump(conn, "evicted", n - count)
-            conn.execute(
-                "INSERT OR REPLACE INTO meta(key, value) VALUES ('last_delivery_at', ?)",
-                (now_iso(),),
-            )
+            self._count_shipped(conn, count, n)
             return n
 
         return int(self._transaction(work, timeout))
+
+    def _count_shipped(self, conn: sqlite3.Connection, sent: int, deleted: int) -> None:
+        """``sent`` rows reached the Cloud, ``deleted`` were still here: the rest were
+        evicted while in flight and move from ``evicted`` to ``shipped``."""
+        if sent:
+            self._bump(conn, "shipped", sent)
+        if sent > deleted:
+            self._bump(conn, "evicted", deleted - sent)
+        conn.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES ('last_delivery_at', ?)",
+            (now_iso(),),
+        )
 
     def ack(self, ids: Iterable[int], *, timeout: float | None = 5.0) -> int:
         """Delete rows the Cloud took and count them as shipped; returns rows deleted.
@@ -831,14 +837,7 @@ class Spool:
                 "(SELECT seq FROM sqlite_sequence WHERE name = 'entries')",
                 (id_list,),
             ).fetchone()[0]
-            if known:
-                self._bump(conn, "shipped", known)
-            if known > n:
-                self._bump(conn, "evicted", n - known)
-            conn.execute(
-                "INSERT OR REPLACE INTO meta(key, value) VALUES ('last_delivery_at', ?)",
-                (now_iso(),),
-            )
+            self._count_shipped(conn, int(known), int(n))
             return int(n)
 
         return int(self._transaction(work, timeout))
