@@ -207,6 +207,7 @@ class Spool:
         self._appends = 0
         self._lock = threading.Lock()
         self._verifying = threading.Lock()  # held while quick_check runs (see _before_fork)
+        self._checker: sqlite3.Connection | None = None  # its connection, for close()
         self._pending_lock = threading.Lock()
         self._pending: dict[str, int] = {}
         self._logged: set[str] = set()
@@ -266,10 +267,18 @@ class Spool:
         -shm and a fresh spool opened in its place. Returns True when it was healthy.
         """
         with self._verifying:
+            if self._closed:
+                return True  # closed meanwhile: no connection may outlive close()
             checker = sqlite3.connect(self.path, timeout=_OPEN_WAIT, isolation_level=None)
+            self._checker = checker
             try:
                 problem = verify(checker)
+            except sqlite3.OperationalError:
+                if self._closed:  # close() interrupted the check: not a verdict
+                    return True
+                raise
             finally:
+                self._checker = None
                 checker.close()  # SQLite's own close: it keeps the locks of other connections
         if problem is None:
             return True
@@ -343,6 +352,7 @@ class Spool:
         self._pending_lock = threading.Lock()
         self._pending = {}
         self._check = False
+        self._checker = None
         if self._conn is not None:
             _INHERITED.append(self._conn)
         self._conn = None  # reopened on first use in this process
@@ -995,6 +1005,13 @@ class Spool:
         if self._conn is not None or self._pending:
             self.flush_counters(timeout=1.0)
         self._closed = True
+        # A quick_check in flight holds a connection of its own: when close() returns,
+        # no connection of this spool is left (the last one to close removes the -wal).
+        checker = self._checker
+        if checker is not None:
+            checker.interrupt()  # a quick_check of a large file may take seconds
+        if self._verifying.acquire(timeout=_OPEN_WAIT):
+            self._verifying.release()
         # Bounded: a thread stuck inside the spool must not hang the host's exit.
         if not self._lock.acquire(timeout=_OPEN_WAIT):
             logger.warning("spool %s still busy at close; leaving its connection open", self.path)

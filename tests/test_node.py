@@ -31,15 +31,17 @@ ROOT = Path(__file__).resolve().parents[1]
 KEY = "test-key"
 
 # A producer process: appends N entries to its own spool, one commit each, then
-# says "done" and stays alive (its connection open) until killed.
+# says "done" (or how many appends failed) and stays alive (its connection open)
+# until killed. It waits up to 5 s for the write lock: Spool's default (50 ms) is
+# short enough to miss on a loaded 2-core CI, and Spool.append counts a miss as
+# dropped (the reporter's writer thread instead keeps its entries and tries again).
 _PRODUCER = """
 import sys, time
 from spooler.spool import Spool
 path, n = sys.argv[1], int(sys.argv[2])
-s = Spool(path)
-for i in range(n):
-    s.append({"event_id": i, "event_name": "x", "status": "emitted"})
-print("done", flush=True)
+s = Spool(path, busy_timeout=5.0)
+failed = sum(not s.append({"event_id": i, "event_name": "x", "status": "emitted"}) for i in range(n))
+print("done" if not failed else f"{failed} appends failed", flush=True)
 time.sleep(600)
 """
 

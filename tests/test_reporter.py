@@ -182,6 +182,25 @@ def test_nothing_outside_the_allowlist_reaches_the_spool(path: str) -> None:
     assert spooled(path)[0]["error_class"] == "E"
 
 
+def test_no_connection_outlives_shutdown_even_with_a_quick_check_in_flight(path: str) -> None:
+    """shutdown() returns only when every connection spooler opened is closed: the last
+    close removes the -wal, so it is gone right then (a quick_check still running on a
+    connection of its own used to close later and remove it under the caller's feet)."""
+    from spooler.spool import Spool
+
+    with Spool(path) as s:  # large enough that quick_check takes a while
+        s.append_many([{"event_id": i, "event_name": "x" * 400, "status": "emitted"} for i in range(20_000)])
+    for _ in range(10):
+        spooler.configure(api_key=KEY, spool_path=path, ship_in_process=False)
+        spooler.start()
+        spooler.track_emit(event(1))
+        # The writer thread has opened the file: its quick_check starts about now.
+        assert wait_for(lambda: os.path.exists(path + "-wal"), 5)
+        spooler.shutdown()  # False: 20,000 entries wait for a shipper
+        assert not os.path.exists(path + "-wal")
+        assert not any(t.name == "spooler.verify" for t in threading.enumerate())
+
+
 def test_shutdown_flushes_the_buffer_into_the_spool(path: str) -> None:
     """Entries still buffered at shutdown are written, not lost."""
     spooler.configure(api_key=KEY, spool_path=path, ship_in_process=False)
