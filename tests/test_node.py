@@ -40,7 +40,8 @@ import sys, time
 from spooler.spool import Spool
 path, n = sys.argv[1], int(sys.argv[2])
 s = Spool(path, busy_timeout=5.0)
-failed = sum(not s.append({"event_id": i, "event_name": "x", "status": "emitted"}) for i in range(n))
+entry = {"event_name": "x", "status": "emitted"}
+failed = sum(not s.append({**entry, "event_id": i}) for i in range(n))
 print("done" if not failed else f"{failed} appends failed", flush=True)
 time.sleep(600)
 """

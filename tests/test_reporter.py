@@ -189,7 +189,7 @@ def test_no_connection_outlives_shutdown_even_with_a_quick_check_in_flight(path:
     from spooler.spool import Spool
 
     with Spool(path) as s:  # large enough that quick_check takes a while
-        s.append_many([{"event_id": i, "event_name": "x" * 400, "status": "emitted"} for i in range(20_000)])
+        s.append_many([{"event_id": i, "event_name": "x" * 400} for i in range(20_000)])
     for _ in range(10):
         spooler.configure(api_key=KEY, spool_path=path, ship_in_process=False)
         spooler.start()
