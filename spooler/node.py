@@ -377,7 +377,7 @@ class NodeShipper:
                 lock.release()
                 return
             config = Config.from_env(self._environ, **{**self._overrides, "spool_path": path})
-            spool = _TurnSpool(path, max_bytes=config.spool_max_bytes, busy_timeout=1.0)
+            spool = _TurnSpool(path, max_bytes=config.spool_max_bytes, busy_timeout=5.0)
             shipper = Shipper(
                 config,
                 spool=spool,

@@ -136,7 +136,7 @@ class Shipper:
             raise ValueError("a Shipper needs config.api_key")
         self.config = config
         self._own_spool = spool is None
-        self.spool = spool or Spool.from_config(config, busy_timeout=1.0, quick_check=quick_check)
+        self.spool = spool or Spool.from_config(config, busy_timeout=5.0, quick_check=quick_check)
         self._client = client
         self._stop = threading.Event()
         self._wake = threading.Event()
