@@ -224,13 +224,10 @@ class SpoolShipping(SpoolCore):
             n = sum(move(conn, unique[i : i + 8]) for i in range(0, len(unique), 8))
             if n:
                 self._bump(conn, "dead_lettered", n)
-            trimmed = conn.execute(
-                "DELETE FROM dead_letters WHERE id <= "
-                "(SELECT id FROM dead_letters ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                (DEAD_LETTER_KEEP,),
-            ).rowcount
-            if trimmed:
-                self._bump(conn, "dead_letters_evicted", trimmed)
+            # Keep the newest DEAD_LETTER_KEEP: the oldest beyond that are evicted (counted).
+            kept = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+            if kept > DEAD_LETTER_KEEP:
+                self._evict_dead_letters(conn, kept - DEAD_LETTER_KEEP)
             return n
 
         return int(self._transaction(work, timeout))

@@ -11,11 +11,12 @@ the caller does without.
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import threading
 from collections.abc import Callable
 
-__all__ = ["start_thread"]
+__all__ = ["repeat", "start_thread"]
 
 _QUIET = {signal.SIGTERM, signal.SIGINT}
 
@@ -34,3 +35,27 @@ def start_thread(target: Callable[[], object], name: str) -> threading.Thread | 
     except RuntimeError:  # "can't create new thread at interpreter shutdown"
         return None
     return thread
+
+
+def repeat(
+    stop: threading.Event,
+    step: Callable[[], float],
+    idle: Callable[[float], object],
+    *,
+    logger: logging.Logger,
+    what: str,
+) -> None:
+    """Run ``step`` until ``stop`` is set, idling for the seconds it returns.
+
+    A step that raises is logged (with its traceback, as ``"<what> failed;
+    continuing"``) and retried after a second: a background loop never dies of
+    one bad turn.
+    """
+    while not stop.is_set():
+        try:
+            wait = step()
+        except Exception:
+            logger.exception("%s failed; continuing", what)
+            wait = 1.0
+        if not stop.is_set():
+            idle(wait)

@@ -37,22 +37,16 @@ SIGNAL_NAMES = (EVENT_EMITTED, EVENT_PUBLISHED, EVENT_DEAD_LETTERED, PUBLISH_BAT
 _target: Any = None  # the Reporter the signals feed
 
 
-def _on_emitted(_sender: object, **payload: Any) -> None:
-    target = _target
-    if target is not None:
-        target.track_emit(payload)
+def _forwarding(method: str) -> Callable[..., None]:
+    """A signal receiver that hands the notification's keywords to ``_target.<method>``."""
 
+    def receive(_sender: object, **payload: Any) -> None:
+        target = _target
+        if target is not None:
+            getattr(target, method)(payload)
 
-def _on_published(_sender: object, **payload: Any) -> None:
-    target = _target
-    if target is not None:
-        target.track_publish(payload)
-
-
-def _on_dead_lettered(_sender: object, **payload: Any) -> None:
-    target = _target
-    if target is not None:
-        target.track_dead_letter(payload)
+    receive.__name__ = receive.__qualname__ = f"_on_{method}"
+    return receive
 
 
 def _on_publish_batch(_sender: object, **payload: Any) -> None:
@@ -62,9 +56,9 @@ def _on_publish_batch(_sender: object, **payload: Any) -> None:
 
 
 _RECEIVERS: dict[str, Callable[..., None]] = {
-    EVENT_EMITTED: _on_emitted,
-    EVENT_PUBLISHED: _on_published,
-    EVENT_DEAD_LETTERED: _on_dead_lettered,
+    EVENT_EMITTED: _forwarding("track_emit"),
+    EVENT_PUBLISHED: _forwarding("track_publish"),
+    EVENT_DEAD_LETTERED: _forwarding("track_dead_letter"),
     PUBLISH_BATCH: _on_publish_batch,
 }
 
@@ -77,9 +71,11 @@ def subscribe(reporter: Any) -> None:
         blinker.signal(name).connect(receiver, weak=False)
 
 
-def unsubscribe() -> None:
-    """Disconnect from every notification."""
+def unsubscribe(reporter: Any = None) -> None:
+    """Disconnect from every notification; given ``reporter``, only if it is the one fed."""
     global _target
+    if reporter is not None and _target is not reporter:
+        return
     _target = None
     for name, receiver in _RECEIVERS.items():
         blinker.signal(name).disconnect(receiver)

@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from spooler._threads import start_thread
+from spooler._threads import repeat, start_thread
 from spooler.errors import ConfigError, ShipperLockedError, SpoolError
 from spooler.lock import ShipperLock, lock_path
 from spooler.spool import Spool, SpoolBatch
@@ -260,17 +260,20 @@ class NodeShipper:
         if self._watch:
             start_thread(self._watch_folder, "spooler.node.watch")
         try:
-            while not self._stop.is_set():
-                try:
-                    wait = self.turn()
-                except Exception:
-                    logger.exception("spooler node shipper turn failed; continuing")
-                    wait = 1.0
-                if wait > 0 and not self._stop.is_set():
-                    self._wake.wait(wait)
-                    self._wake.clear()
+            repeat(
+                self._stop,
+                self.turn,
+                self._idle,
+                logger=logger,
+                what="spooler node shipper turn",
+            )
         finally:
             self.close()
+
+    def _idle(self, seconds: float) -> None:
+        if seconds > 0:
+            self._wake.wait(seconds)
+            self._wake.clear()
 
     def request_stop(self) -> None:
         """End the loop now (safe from a signal handler); a request in flight is cut."""

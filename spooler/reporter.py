@@ -214,8 +214,7 @@ class Reporter:
             return True
         self._closed = True
         self.active = False
-        if hooks._target is self:
-            hooks.unsubscribe()
+        hooks.unsubscribe(self)
         if self._pid != os.getpid():
             return True  # nothing was started in this process
         self._stop.set()

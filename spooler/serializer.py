@@ -265,13 +265,9 @@ def capture(
         get = payload.get
         values = tuple([get(name) for name in _CAPTURED])
         if not _KEEPABLE.issuperset(map(type, values)):
-            return build_entry(
-                status,
-                payload,
-                send_error_message=send_error_message,
-                error_message_max_length=error_message_max_length,
-                now=now,
-            )
+            # Values that are not plain scalars: build the entry here, on the host's
+            # thread, so no reference to the host's objects is kept.
+            return _build(status, payload, now, send_error_message, error_message_max_length)
         if _text(values[1]) is None:
             logger.debug("dropped a %s entry: no usable event_name", status)
             return None
@@ -295,12 +291,14 @@ def entry_from_capture(
     if status == "dead_lettered":
         payload["error_class"] = error_class
         payload["error_message"] = error_message
+    return _build(status, payload, now, send_error_message, error_message_max_length)
+
+
+def _build(
+    status: str, payload: Mapping[str, Any], now: float, send: bool, max_length: int
+) -> dict[str, Any] | None:
     return build_entry(
-        status,
-        payload,
-        send_error_message=send_error_message,
-        error_message_max_length=error_message_max_length,
-        now=now,
+        status, payload, send_error_message=send, error_message_max_length=max_length, now=now
     )
 
 
@@ -442,16 +440,8 @@ def _to_utc(value: object) -> datetime | None:
             return None
         if type(moment) is not datetime:
             # Subclasses (pendulum, freezegun, ...) may override replace() or astimezone().
-            moment = datetime(
-                moment.year,
-                moment.month,
-                moment.day,
-                moment.hour,
-                moment.minute,
-                moment.second,
-                moment.microsecond,
-                moment.tzinfo,
-            )
+            fields = ("year", "month", "day", "hour", "minute", "second", "microsecond")
+            moment = datetime(*[getattr(moment, f) for f in fields], moment.tzinfo)
         if moment.utcoffset() is None:
             return moment.replace(tzinfo=_UTC)
         return moment.astimezone(_UTC)

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import tenacity
 
 from spooler._logging import Throttle, keep_out_of_host_logs
-from spooler._threads import start_thread
+from spooler._threads import repeat, start_thread
 from spooler.client import CloudClient
 from spooler.config import Config
 from spooler.errors import (
@@ -103,13 +103,13 @@ class _Wait(tenacity.wait.wait_base):
         # tenacity's n-th window is multiplier * 2**(n-1): doubling the multiplier gives the
         # documented [0, initial * 2**n], i.e. up to 1 s, 2 s, 4 s ... with the defaults.
         self._jitter = tenacity.wait_random_exponential(multiplier=2 * initial, max=maximum)
-        self._max_retry_after = 300.0
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:
         wait = float(self._jitter(retry_state))
         exc = retry_state.outcome.exception() if retry_state.outcome else None
         if isinstance(exc, TransientDeliveryError) and exc.retry_after:
-            wait = max(wait, min(exc.retry_after, self._max_retry_after))
+            # Already capped where it is parsed (client.MAX_RETRY_AFTER, 300 s).
+            wait = max(wait, exc.retry_after)
         return wait
 
 
@@ -360,14 +360,13 @@ class Shipper:
 
     def _run(self) -> None:
         try:
-            while not self._stop.is_set():
-                try:
-                    wait = self.tick()
-                except Exception:
-                    logger.exception("spooler shipper cycle failed; continuing")
-                    wait = 1.0
-                if not self._stop.is_set():
-                    self._idle_wait(wait)
+            repeat(
+                self._stop,
+                self.tick,
+                self._idle_wait,
+                logger=logger,
+                what="spooler shipper cycle",
+            )
             if self._final_deadline is not None:
                 self._final_flush()
         finally:
