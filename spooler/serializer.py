@@ -441,7 +441,8 @@ def _to_utc(value: object) -> datetime | None:
         if type(moment) is not datetime:
             # Subclasses (pendulum, freezegun, ...) may override replace() or astimezone().
             fields = ("year", "month", "day", "hour", "minute", "second", "microsecond")
-            moment = datetime(*[getattr(moment, f) for f in fields], moment.tzinfo)
+            y, mo, d, h, mi, s, us = (int(getattr(moment, f)) for f in fields)
+            moment = datetime(y, mo, d, h, mi, s, us, moment.tzinfo)
         if moment.utcoffset() is None:
             return moment.replace(tzinfo=_UTC)
         return moment.astimezone(_UTC)
