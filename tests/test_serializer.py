@@ -27,7 +27,6 @@ from spooler.serializer import (
     DEAD_LETTER_FIELDS,
     ENTRY_FIELDS,
     STATUSES,
-    _parse_iso,
     build_entry,
     build_heartbeat,
     detect_framework,
@@ -35,6 +34,7 @@ from spooler.serializer import (
     schema_fingerprint,
     to_iso,
 )
+from spooler.timestamps import parse_iso
 
 UTC = timezone.utc
 NOW = datetime(2026, 1, 15, 10, 30, 1, tzinfo=UTC)
@@ -465,7 +465,7 @@ def test_iso_strings_parse_exactly_as_fromisoformat_does_on_311_and_later(text: 
         reference: datetime | None = datetime.fromisoformat(text.replace("z", "Z"))
     except ValueError:
         reference = None
-    parsed = _parse_iso(text)
+    parsed = parse_iso(text)
     assert parsed == reference
     if parsed is not None and reference is not None:
         assert parsed.utcoffset() == reference.utcoffset()
