@@ -486,11 +486,12 @@ def test_the_hosts_thread_never_runs_quick_check_or_checkpoints(
 ) -> None:
     """In immediate mode the first track_* opens the host's connection without quick_check;
     a thread of spooler's own runs it (on its own connection, so writes go on)."""
+    import spooler._spool_core as core_module
     import spooler.spool as spool_module
 
     opened: list[tuple[str, bool]] = []
     verified: list[str] = []
-    real_open, real_verify = spool_module.open_spool, spool_module.verify
+    real_open, real_verify = core_module.open_spool, spool_module.verify
 
     def recording_open(*args: Any, **kwargs: Any) -> Any:
         quick = kwargs["check"] and kwargs["quick_check"] is not False
@@ -501,7 +502,7 @@ def test_the_hosts_thread_never_runs_quick_check_or_checkpoints(
         verified.append(threading.current_thread().name)
         return real_verify(conn)
 
-    monkeypatch.setattr(spool_module, "open_spool", recording_open)
+    monkeypatch.setattr(core_module, "open_spool", recording_open)
     monkeypatch.setattr(spool_module, "verify", recording_verify)
     Spool(spool_path).close()  # an existing spool: quick_check would run on it
     opened.clear()
