@@ -21,7 +21,8 @@ from typing import Any
 import httpx
 import pytest
 
-from spooler.cli import _parser, main
+from spooler._cli_parser import build_parser
+from spooler.cli import main
 from spooler.config import ENV_VARS, Config
 from spooler.receiver import Faults, Receiver
 from spooler.shipper import Shipper, ShipperLock
@@ -610,7 +611,7 @@ def readme_commands() -> dict[str, str]:
 
 def test_the_readme_command_table_lists_every_flag_the_parser_has() -> None:
     """Each command's flags and their metavars in the README are exactly the parser's."""
-    parser = _parser()
+    parser = build_parser()
     [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     documented = readme_commands()
     assert sorted(documented) == sorted(commands.choices)
