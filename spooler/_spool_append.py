@@ -21,8 +21,8 @@ from spooler._spool_core import (
 from spooler.errors import SpoolBusyError
 from spooler.spoolfile import (
     is_full,
-    now_iso,
 )
+from spooler.timestamps import now_iso
 
 
 def encode_row(entry: Mapping[str, Any]) -> tuple[str, str, str]:

@@ -12,8 +12,8 @@ from typing import Any
 from spooler._spool_core import DEAD_LETTER_KEEP, SpoolCore
 from spooler.spoolfile import (
     is_full,
-    now_iso,
 )
+from spooler.timestamps import now_iso
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,8 @@ from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from spooler.stats import iso_epoch, read_stats
+from spooler.stats import read_stats
+from spooler.timestamps import iso_epoch
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Histogram

@@ -46,7 +46,8 @@ from spooler.errors import (
 )
 from spooler.lock import ShipperLock
 from spooler.serializer import build_heartbeat, load_schemas
-from spooler.spool import Spool, SpoolBatch, SpoolRow, iso_epoch, now_iso
+from spooler.spool import Spool, SpoolBatch, SpoolRow
+from spooler.timestamps import iso_epoch, now_iso
 
 if TYPE_CHECKING:
     from spooler.metrics import Metrics
@@ -382,7 +383,7 @@ class Shipper:
         interval = self.config.flush_interval
         self._others_wrote()  # what we are about to read is no news later
         waiting, oldest = self.spool.peek(self.config.batch_size)
-        age = self._wall_clock() - _parse_iso(oldest) if waiting and oldest is not None else 0.0
+        age = self._wall_clock() - _epoch_or_zero(oldest) if waiting and oldest is not None else 0.0
         due = waiting >= self.config.batch_size or (waiting > 0 and age >= interval)
         heartbeat_due = now - self._last_heartbeat >= interval
         if due or heartbeat_due:
@@ -787,6 +788,6 @@ def _describe(exc: BaseException | None) -> str:
     return type(exc).__name__ + (f": {exc}" if isinstance(exc, DeliveryError) else "")
 
 
-def _parse_iso(value: str) -> float:
+def _epoch_or_zero(value: str) -> float:
     # Unparseable counts as old, so the row is sent rather than held.
     return iso_epoch(value) or 0.0

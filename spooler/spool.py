@@ -29,12 +29,12 @@ from spooler._spool_ship import SpoolBatch, SpoolRow, SpoolShipping
 from spooler.spoolfile import (
     COUNTER_NAMES,
     SCHEMA_VERSION,
-    now_iso,
     quarantine,
     spool_files,
     verify,
 )
 from spooler.stats import SpoolStats, collect_stats, iso_epoch, read_stats
+from spooler.timestamps import now_iso
 
 __all__ = [
     "COUNTER_NAMES",

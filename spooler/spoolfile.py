@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from spooler.errors import SpoolError, UnsafeSpoolError
+from spooler.timestamps import now_iso
 from spooler.walscan import WalLoss, WalSnapshot, header_salts, read_wal, scan_lost
 
 __all__ = [
@@ -190,12 +191,6 @@ def spool_files(path: str | os.PathLike[str]) -> list[str]:
     """The database file and its ``-wal`` and ``-shm`` companions."""
     p = os.fspath(path)
     return [p, p + "-wal", p + "-shm"]
-
-
-def now_iso() -> str:
-    """The current UTC time as entries carry it: ``2026-01-15T10:30:00.123Z``."""
-    now = datetime.now(timezone.utc)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
 
 
 def is_full(exc: sqlite3.Error) -> bool:

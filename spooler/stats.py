@@ -11,21 +11,13 @@ import os
 import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from typing import Any
 
 from spooler.errors import UnsafeSpoolError
 from spooler.spoolfile import COUNTER_NAMES, spool_files
+from spooler.timestamps import iso_epoch
 
 __all__ = ["SpoolStats", "collect_stats", "iso_epoch", "read_stats"]
-
-
-def iso_epoch(value: str) -> float | None:
-    """Seconds since the epoch for an ISO 8601 time (``Z`` accepted); None if unparseable."""
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except (ValueError, TypeError, AttributeError):
-        return None
 
 
 @dataclass(frozen=True)

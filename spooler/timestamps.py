@@ -14,7 +14,7 @@ from datetime import date, datetime, timedelta, timezone
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["UTC", "instant", "parse_iso", "stamp", "to_iso"]
+__all__ = ["UTC", "instant", "iso_epoch", "now_iso", "parse_iso", "stamp", "to_iso"]
 
 # No ISO 8601 timestamp is longer; anything longer is not worth parsing.
 _MAX_ISO_LENGTH = 64
@@ -211,3 +211,14 @@ def stamp(now: float) -> tuple[str, int]:
         prefix = _format(_EPOCH + timedelta(seconds=second))[:20]
         _last_second[:] = [second, prefix]
     return prefix + "%03dZ" % milli, ms  # noqa: UP031 - %-formatting is the fastest here
+
+
+def now_iso() -> str:
+    """The current UTC time as entries carry it: ``2026-01-15T10:30:00.123Z``."""
+    return _format(datetime.now(UTC))
+
+
+def iso_epoch(value: str) -> float | None:
+    """Seconds since the epoch for an ISO 8601 time (no zone: UTC); None if unreadable."""
+    moment = _to_utc(value) if isinstance(value, str) else None
+    return None if moment is None else (moment - _EPOCH).total_seconds()
