@@ -1,4 +1,9 @@
-"""The command line's argument parser: the global flags and every command's flags."""
+"""The command line's argument parser: the global flags, then each command's.
+
+:func:`build_parser` adds one subparser per entry of ``_COMMANDS`` (the function that
+runs it and the one that adds its flags) with its texts from ``_HELP``, and gives every
+command the ``-v``/``-q`` flags.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,19 @@ from spooler._cli_dev import cmd_demo, cmd_receive
 from spooler._cli_ship import cmd_ship
 from spooler._cli_status import cmd_status
 from spooler._version import __version__
+
+_EPILOG = textwrap.dedent(
+    """
+    Configuration comes from EVENT_ENGINE_CLOUD_* variables (see README);
+    flags override them. The API key is read from EVENT_ENGINE_CLOUD_KEY only.
+    -v, -vv and -q go before or after the command.
+
+    examples:
+      python -m spooler demo
+      EVENT_ENGINE_CLOUD_KEY=... python -m spooler ship
+      python -m spooler -v status --json
+    """
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,9 +58,51 @@ def _number(
     return parse
 
 
-_SHARE = _number(float, 0.0, 1.0, what="a share between 0 and 1")
-_SECONDS = _number(float, 0.0, 24 * 3600.0, what="a number of seconds")
+# The flags' types, named so that each flag reads as one line of what it takes.
 _COUNT = _number(int, 0, what="a whole number")
+_ATTEMPTS = _number(int, 1, what="a whole number")
+_PORT = _number(int, 0, 65535, what="a port number")
+_STATUS = _number(int, 100, 599, what="an HTTP status")
+_SHARE = _number(float, 0.0, 1.0, what="a share between 0 and 1")
+_RATE = _number(float, 0.001, what="events per second")
+_SECONDS = _number(float, 0.0, 24 * 3600.0, what="a number of seconds")
+_BACKOFF = _number(float, 0.001, 24 * 3600.0, what="a number of seconds")
+_AGE = _number(float, 0.0, what="a number of seconds")  # no upper bound: --remove-after
+
+
+# command -> (its line in ``spooler --help``, the description atop its own --help,
+# the epilog below it: exit statuses and an example). The epilogs keep their line breaks.
+_HELP: dict[str, tuple[str, str, str]] = {
+    "ship": (
+        "deliver the spool to the Cloud until stopped",
+        "Deliver spooled entries to the Cloud; SIGTERM/SIGINT stop it cleanly.",
+        "exit status: 0 ok; 1 --once left entries waiting; 2 no key, bad\n"
+        "configuration or an unsafe spool; 3 another shipper ships this spool.\n\n"
+        "example: EVENT_ENGINE_CLOUD_KEY=... python -m spooler ship --once",
+    ),
+    "status": (
+        "show the spool: waiting rows, bytes, counters, last delivery and error",
+        "Show a spool's state without changing it. Never prints the API key.",
+        "exit status: 0 shown; 1 no spool there; 2 the file is not a spool.\n\n"
+        "example: python -m spooler status --json | jq .counters",
+    ),
+    "receive": (
+        "run a local stand-in for the Cloud ingest API",
+        "A local ingest server: checks the contract and the bearer key, stores what\n"
+        "it accepts in SQLite, drops duplicates, and can inject faults.",
+        "exit status: 0 stopped by Ctrl-C/SIGTERM; 2 bad flags, the port is taken,\n"
+        "or --db is not the receiver's database.\n\n"
+        "example: python -m spooler receive --port 8787 --fail-status 503 --fail-rate 0.2",
+    ),
+    "demo": (
+        "run the example outbox app, a local receiver and the shipper, then summarise",
+        "The main job with no Cloud account: starts a local receiver, runs the example\n"
+        "outbox app (some events fail into the dead-letter path), ships, and prints\n"
+        "a summary.",
+        "exit status: 0 when everything spooled arrived.\n\n"
+        "example: python -m spooler demo --seconds 10 --rate 200",
+    ),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,83 +111,73 @@ def build_parser() -> argparse.ArgumentParser:
         prog="spooler",
         description="Report event metadata to EventEngine Cloud through a durable local spool.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=textwrap.dedent(
-            """
-            Configuration comes from EVENT_ENGINE_CLOUD_* variables (see README);
-            flags override them. The API key is read from EVENT_ENGINE_CLOUD_KEY only.
-            -v, -vv and -q go before or after the command.
-
-            examples:
-              python -m spooler demo
-              EVENT_ENGINE_CLOUD_KEY=... python -m spooler ship
-              python -m spooler -v status --json
-            """
-        ),
+        epilog=_EPILOG,
     )
     parser.add_argument("--version", action="version", version=f"spooler {__version__}")
-    parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more logging (-vv: debug, tracebacks)"
-    )
-    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    _add_verbosity(parser, command=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    raw = argparse.RawDescriptionHelpFormatter  # keeps the epilogs' lines
-
-    def common(p: argparse.ArgumentParser) -> None:
-        # Counted apart from the global flags (argparse would let the command's default
-        # overwrite them); main() adds them up.
-        p.add_argument(
-            "-v",
-            "--verbose",
-            dest="sub_verbose",
-            action="count",
-            default=argparse.SUPPRESS,
-            help="more logging (-vv: debug, tracebacks)",
+    for name, (run, add_flags) in _COMMANDS.items():
+        summary, description, epilog = _HELP[name]
+        command = sub.add_parser(
+            name,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            help=summary,
+            description=description,
+            epilog=epilog,
         )
-        p.add_argument(
-            "-q",
-            "--quiet",
-            dest="sub_quiet",
-            action="store_true",
-            default=argparse.SUPPRESS,
-            help="warnings and errors only",
-        )
+        add_flags(command)
+        _add_verbosity(command, command=True)
+        command.set_defaults(func=run)
+    return parser
 
-    def spool_opts(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--spool",
-            dest="spool_path",
-            metavar="PATH",
-            help="spool file (default .spooler/spool.db)",
-        )
 
-    def spool_dir_opt(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--spool-dir",
-            metavar="DIR",
-            help="every spool (*.db) in this folder, one shipper per node "
-            "(README: One shipper per node)",
-        )
+def _add_verbosity(p: argparse.ArgumentParser, *, command: bool) -> None:
+    """``-v``/``-vv`` and ``-q``, on the whole command line or on one command.
 
-    ship = sub.add_parser(
-        "ship",
-        formatter_class=raw,
-        help="deliver the spool to the Cloud until stopped",
-        description="Deliver spooled entries to the Cloud; SIGTERM/SIGINT stop it cleanly.",
-        epilog=(
-            "exit status: 0 ok; 1 --once left entries waiting; 2 no key, bad\n"
-            "configuration or an unsafe spool; 3 another shipper ships this spool.\n\n"
-            "example: EVENT_ENGINE_CLOUD_KEY=... python -m spooler ship --once"
-        ),
+    A command's are counted apart from the global flags (argparse would let the
+    command's default overwrite them); main() adds them up.
+    """
+    p.add_argument(
+        "-v",
+        "--verbose",
+        dest="sub_verbose" if command else "verbose",
+        action="count",
+        default=argparse.SUPPRESS if command else 0,
+        help="more logging (-vv: debug, tracebacks)",
     )
-    spool_opts(ship)
-    spool_dir_opt(ship)
+    p.add_argument(
+        "-q",
+        "--quiet",
+        dest="sub_quiet" if command else "quiet",
+        action="store_true",
+        default=argparse.SUPPRESS if command else False,
+        help="warnings and errors only",
+    )
+
+
+def _spool_flags(p: argparse.ArgumentParser) -> None:
+    """``--spool`` and ``--spool-dir``: one spool, or every spool in a folder."""
+    p.add_argument(
+        "--spool", dest="spool_path", metavar="PATH", help="spool file (default .spooler/spool.db)"
+    )
+    p.add_argument(
+        "--spool-dir",
+        metavar="DIR",
+        help="every spool (*.db) in this folder, one shipper per node "
+        "(README: One shipper per node)",
+    )
+
+
+def _ship_flags(ship: argparse.ArgumentParser) -> None:
+    _spool_flags(ship)
     ship.add_argument(
         "--remove-after",
-        type=_number(float, 0.0, what="a number of seconds"),
+        type=_AGE,
         metavar="SECONDS",
         help="with --spool-dir: remove a drained spool no app has had open for this long "
         "(default 300)",
     )
+    # The configuration's flags stay strings: config.py parses them like the variables.
     ship.add_argument(
         "--endpoint", metavar="URL", help="Cloud ingest URL (https, or http to loopback)"
     )
@@ -143,14 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ship.add_argument(
         "--max-attempts",
-        type=_number(int, 1, what="a whole number"),
+        type=_ATTEMPTS,
         metavar="N",
         help="advanced: tries per batch before giving up for now (default 5 with --once, "
         "else until delivered)",
     )
     ship.add_argument(
         "--backoff-max",
-        type=_number(float, 0.001, 24 * 3600.0, what="a number of seconds"),
+        type=_BACKOFF,
         metavar="SECONDS",
         help="advanced: longest wait between retries, also how often a refused key is "
         "probed (default 60); e.g. --once --max-attempts 2 --backoff-max 0.1 gives up fast",
@@ -160,45 +210,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PORT",
         help="serve Prometheus metrics on 127.0.0.1:PORT (needs spooler[metrics]; 0 picks one)",
     )
-    common(ship)
-    ship.set_defaults(func=cmd_ship)
 
-    status = sub.add_parser(
-        "status",
-        formatter_class=raw,
-        help="show the spool: waiting rows, bytes, counters, last delivery and error",
-        description="Show a spool's state without changing it. Never prints the API key.",
-        epilog=(
-            "exit status: 0 shown; 1 no spool there; 2 the file is not a spool.\n\n"
-            "example: python -m spooler status --json | jq .counters"
-        ),
-    )
-    spool_opts(status)
-    spool_dir_opt(status)
+
+def _status_flags(status: argparse.ArgumentParser) -> None:
+    _spool_flags(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    common(status)
-    status.set_defaults(func=cmd_status)
 
-    receive = sub.add_parser(
-        "receive",
-        formatter_class=raw,
-        help="run a local stand-in for the Cloud ingest API",
-        description=(
-            "A local ingest server: checks the contract and the bearer key, stores what\n"
-            "it accepts in SQLite, drops duplicates, and can inject faults."
-        ),
-        epilog=(
-            "exit status: 0 stopped by Ctrl-C/SIGTERM; 2 bad flags, the port is taken,\n"
-            "or --db is not the receiver's database.\n\n"
-            "example: python -m spooler receive --port 8787 --fail-status 503 --fail-rate 0.2"
-        ),
-    )
+
+def _receive_flags(receive: argparse.ArgumentParser) -> None:
     receive.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     receive.add_argument(
-        "--port",
-        type=_number(int, 0, 65535, what="a port number"),
-        default=8787,
-        help="port (default 8787; 0 picks one)",
+        "--port", type=_PORT, default=8787, help="port (default 8787; 0 picks one)"
     )
     receive.add_argument(
         "--db", metavar="PATH", help="where to store what arrives (default .spooler/receiver.db)"
@@ -209,9 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
         default="local-dev-key",
         help="key to expect when EVENT_ENGINE_CLOUD_KEY is unset (default local-dev-key)",
     )
+    # Fault injection: the fields of spooler.receiver.Faults.
     receive.add_argument(
         "--fail-status",
-        type=_number(int, 100, 599, what="an HTTP status"),
+        type=_STATUS,
         metavar="STATUS",
         help="answer this HTTP status to some requests (with --fail-rate or --fail-first)",
     )
@@ -243,32 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="answer 422 to entries of this event (repeatable)",
     )
-    common(receive)
-    receive.set_defaults(func=cmd_receive)
 
-    demo = sub.add_parser(
-        "demo",
-        formatter_class=raw,
-        help="run the example outbox app, a local receiver and the shipper, then summarise",
-        description=(
-            "The main job with no Cloud account: starts a local receiver, runs the example\n"
-            "outbox app (some events fail into the dead-letter path), ships, and prints\n"
-            "a summary."
-        ),
-        epilog=(
-            "exit status: 0 when everything spooled arrived.\n\n"
-            "example: python -m spooler demo --seconds 10 --rate 200"
-        ),
-    )
+
+def _demo_flags(demo: argparse.ArgumentParser) -> None:
     demo.add_argument(
         "--seconds", type=_SECONDS, default=8.0, help="how long the app runs (default 8)"
     )
     demo.add_argument(
-        "--rate",
-        type=_number(float, 0.001, what="events per second"),
-        default=150.0,
-        metavar="N",
-        help="events per second (default 150)",
+        "--rate", type=_RATE, default=150.0, metavar="N", help="events per second (default 150)"
     )
     demo.add_argument(
         "--fail-share",
@@ -282,6 +287,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="where the spool and receiver files go (default ./.spooler/demo)",
     )
-    common(demo)
-    demo.set_defaults(func=cmd_demo)
-    return parser
+
+
+_Run = Callable[[argparse.Namespace], int]
+_AddFlags = Callable[[argparse.ArgumentParser], None]
+
+#: command -> (the function that runs it, the one that adds its flags), in --help's order
+_COMMANDS: dict[str, tuple[_Run, _AddFlags]] = {
+    "ship": (cmd_ship, _ship_flags),
+    "status": (cmd_status, _status_flags),
+    "receive": (cmd_receive, _receive_flags),
+    "demo": (cmd_demo, _demo_flags),
+}
