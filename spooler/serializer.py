@@ -134,32 +134,7 @@ def build_entry(
             logger.debug("dropped a %s entry: no usable event_name", status)
             return None
 
-        # Times as (ISO text, epoch milliseconds): formatted once, compared as ints.
-        if type(now) is float:
-            stamp: tuple[str, int] | None = wall_stamp(now)
-        else:
-            stamp = instant(now) if now is not None else None
-        if stamp is None:
-            stamp = wall_stamp(time.time())
-        occurred = instant(get("occurred_at"))
-        published = instant(get("published_at"))
-        dead_lettered = instant(get("dead_lettered_at"))
-        end = None
-        if status == "published":
-            if published is None:
-                published = stamp
-            end = published
-        elif status == "dead_lettered":
-            if dead_lettered is None:
-                dead_lettered = stamp
-            end = dead_lettered
-        latency = None
-        if occurred is not None and end is not None:
-            latency = end[1] - occurred[1]
-            if latency < 0:
-                latency = None
-
-        timestamp = stamp[0]
+        timestamp, occurred, published, dead_lettered, latency = _times(status, get, now)
         entry: dict[str, Any] = {
             "event_id": _event_id(get("event_id")),
             "event_name": event_name,
@@ -168,9 +143,9 @@ def build_entry(
             "idempotency_key": _text(get("idempotency_key")),
             "status": status,
             "attempts": _count(get("attempts")),
-            "occurred_at": None if occurred is None else occurred[0],
-            "published_at": None if published is None else published[0],
-            "dead_lettered_at": None if dead_lettered is None else dead_lettered[0],
+            "occurred_at": occurred,
+            "published_at": published,
+            "dead_lettered_at": dead_lettered,
             "latency_ms": latency,
             "timestamp": timestamp,
         }
@@ -189,6 +164,40 @@ def build_entry(
         # The exception's message may quote payload values, so only its type is logged.
         logger.debug("dropped an entry: %s while building it", type(exc).__name__)
         return None
+
+
+_Instant = tuple[str, int]  # (ISO 8601 text, epoch milliseconds)
+
+
+def _times(
+    status: str, get: Any, now: datetime | float | None
+) -> tuple[str, str | None, str | None, str | None, int | None]:
+    """timestamp, occurred_at, published_at, dead_lettered_at and latency_ms of an entry.
+
+    Each time is formatted once and compared as epoch milliseconds. ``now`` stands in
+    for the end a published / dead-lettered payload lacks.
+    """
+    stamp: _Instant | None = wall_stamp(now) if type(now) is float else None
+    if stamp is None:
+        stamp = (instant(now) if now is not None else None) or wall_stamp(time.time())
+    occurred = instant(get("occurred_at"))
+    published = instant(get("published_at"))
+    dead_lettered = instant(get("dead_lettered_at"))
+    end = None
+    if status == "published":
+        end = published = published or stamp
+    elif status == "dead_lettered":
+        end = dead_lettered = dead_lettered or stamp
+    latency = None
+    if occurred is not None and end is not None and end[1] >= occurred[1]:
+        latency = end[1] - occurred[1]
+    return (
+        stamp[0],
+        None if occurred is None else occurred[0],
+        None if published is None else published[0],
+        None if dead_lettered is None else dead_lettered[0],
+        latency,
+    )
 
 
 # What the host's thread copies out of a notification, in this order, for the writer thread
