@@ -16,7 +16,8 @@ from spooler.config import ENV_VARS
 def cmd_status(args: argparse.Namespace) -> int:
     """``status``: one spool's state as lines or ``--json``; ``--spool-dir`` lists a folder's."""
     from spooler.lock import holder_pid
-    from spooler.stats import iso_epoch, read_stats
+    from spooler.stats import read_stats
+    from spooler.timestamps import iso_epoch
 
     if args.spool_dir is not None:
         return _status_dir(args)
