@@ -45,6 +45,10 @@ connection is up.
 Messages and log lines name the method, the path and the status only: never the
 API key, a request body or an entry. httpx's own exceptions are not chained (they
 hold the request, headers included), only their class name is kept.
+
+Why one file of about 590 lines: the deadline watchdog and the bounded read only
+make sense beside the requests they cut, and the classification table below is
+the contract the shipper acts on.
 """
 
 from __future__ import annotations

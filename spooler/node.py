@@ -17,6 +17,9 @@ like a log agent run as a DaemonSet.
   parked for its backoff (never slept on) while the others go on.
 * A spool whose app is gone is drained and then removed (see :meth:`NodeShipper`
   ``_retire`` and README "One shipper per node" for exactly when).
+
+Why one file of a little over 500 lines: the turn scheduler, the parking of a
+failing spool and the removal of a drained one share the table of served spools.
 """
 
 from __future__ import annotations

@@ -20,6 +20,11 @@ Modes:
   to ``IMMEDIATE_TIMEOUT``; past it the entry is dropped, counted, and False
   returned. The host's connection never checkpoints and never runs
   ``quick_check``: the writer thread does both.
+
+Why one file of about 750 lines: the host-facing lifecycle (configure, start,
+shutdown, atexit, fork), the hot path and the writer thread share one buffer,
+one ``_writing`` lock and one stop event, and their ordering at shutdown and at a
+fork is the subtle part; split apart, that ordering would be read across files.
 """
 
 from __future__ import annotations

@@ -13,6 +13,11 @@ Backoff for transient failures is exponential with full jitter (tenacity's
 Short first waits ride out a brief blip; the 60 s ceiling means a recovered
 Cloud sees data within a minute; full jitter keeps thousands of apps from
 retrying in step. A ``Retry-After`` answer is honoured when it asks for longer.
+
+Why one file of about 800 lines: :class:`Shipper` is one state machine (waking,
+the loop, one batch, retries, pauses, the heartbeat) whose parts share its stop
+event, ship lock, retry state and trouble log; the 413 split and 400/422 bisect
+only make sense next to the retry loop they run inside.
 """
 
 from __future__ import annotations
