@@ -41,6 +41,7 @@ __all__ = [
     "ENV_VARS",
     "OPTIONS",
     "Config",
+    "check_origins",
     "check_proxy",
     "format_size",
     "options_from_settings",
@@ -210,7 +211,7 @@ class Config:
                 raise ConfigError("schemas", "must be a mapping or a directory path") from None
             if not os.path.isdir(folder):
                 raise ConfigError("schemas", f"{folder!r} is not a directory")
-        set_(self, "dashboard_origins", _check_origins(self.dashboard_origins))
+        set_(self, "dashboard_origins", check_origins(self.dashboard_origins))
         set_(self, "proxy", check_proxy(self.proxy))
         set_(self, "ca_bundle", _check_ca_bundle(self.ca_bundle))
         if self.before_send is not None and not callable(self.before_send):
@@ -587,7 +588,12 @@ def _check_ca_bundle(bundle: object) -> str | None:
     return path
 
 
-def _check_origins(origins: object) -> tuple[str, ...]:
+def check_origins(origins: object) -> tuple[str, ...]:
+    """``origins`` (one string or a list) as ``scheme://host[:port]`` in lower case.
+
+    Raises :class:`ConfigError` for a wildcard, ``null``, or anything but an http(s) origin.
+    The payload endpoint checks its allowed origins here too.
+    """
     if isinstance(origins, str):
         origins = (origins,)
     if not isinstance(origins, (tuple, list)):

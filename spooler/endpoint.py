@@ -66,7 +66,7 @@ from collections.abc import (
 )
 from typing import Any
 
-from spooler.config import DEFAULT_DASHBOARD_ORIGIN, Config
+from spooler.config import DEFAULT_DASHBOARD_ORIGIN, Config, check_origins
 from spooler.errors import ConfigError
 
 __all__ = ["PayloadEndpoint", "Response", "asgi_app", "wsgi_app"]
@@ -141,14 +141,10 @@ class PayloadEndpoint:
             raise ConfigError("api_key", "the payload endpoint needs a non-empty API key")
         if not callable(lookup):
             raise TypeError("lookup must be callable: lookup(event_id) -> mapping | None")
-        if isinstance(allowed_origins, str):
-            allowed_origins = (allowed_origins,)
-        origins = {}
-        for origin in allowed_origins:
-            if "*" in origin or origin.strip().lower() in ("", "null"):
-                raise ConfigError("dashboard_origins", "origins must be explicit, no wildcard")
-            normal = origin.strip().rstrip("/").lower()
-            origins[normal] = normal
+        if not isinstance(allowed_origins, str):
+            allowed_origins = tuple(allowed_origins)
+        # The configuration's own check: explicit http(s) origins, normalised.
+        origins = {origin: origin for origin in check_origins(allowed_origins)}
         if max_failures < 1 or max_clients < 1:
             raise ValueError("max_failures and max_clients must be at least 1")
         # Digests have one length whatever the key, so the comparison reveals not even that.
@@ -329,19 +325,7 @@ def asgi_app(endpoint: PayloadEndpoint) -> ASGIApp:
     """An ASGI 3 app serving ``endpoint``; the lookup runs in a worker thread."""
 
     async def app(scope: ASGIScope, receive: ASGIReceive, send: ASGISend) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        if scope["type"] == "websocket":
-            # Closing before accepting makes the server answer the handshake with 403.
-            await send({"type": "websocket.close", "code": 1008})
-            return
-        if scope["type"] != "http":
+        if await answer_non_http(scope, receive, send):
             return
         path: str = scope.get("path", "")
         root_path: str = scope.get("root_path", "")
@@ -359,19 +343,46 @@ def asgi_app(endpoint: PayloadEndpoint) -> ASGIApp:
         response = await asyncio.to_thread(
             endpoint.handle, scope.get("method", "GET"), path, headers, remote_addr
         )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": response.status,
-                "headers": [
-                    (k.lower().encode("latin-1"), v.encode("latin-1"))
-                    for k, v in (*response.headers, ("Content-Length", str(len(response.body))))
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": response.body})
+        await send_asgi(send, response)
 
     return app
+
+
+async def answer_non_http(scope: ASGIScope, receive: ASGIReceive, send: ASGISend) -> bool:
+    """Deal with a scope that is not an HTTP request; True when ``scope`` was one.
+
+    Lifespan events are acknowledged (mounted apps rarely get them), a websocket is refused,
+    any other scope type is ignored.
+    """
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return True
+    if scope["type"] == "websocket":
+        # Closing before accepting makes the server answer the handshake with 403.
+        await send({"type": "websocket.close", "code": 1008})
+        return True
+    kind: str = scope["type"]
+    return kind != "http"
+
+
+async def send_asgi(send: ASGISend, response: Response) -> None:
+    """Send ``response`` as an ASGI HTTP answer, with its Content-Length."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": response.status,
+            "headers": [
+                (k.lower().encode("latin-1"), v.encode("latin-1"))
+                for k, v in (*response.headers, ("Content-Length", str(len(response.body))))
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": response.body})
 
 
 def wsgi_app(endpoint: PayloadEndpoint) -> WSGIApp:
@@ -389,11 +400,16 @@ def wsgi_app(endpoint: PayloadEndpoint) -> WSGIApp:
         response = endpoint.handle(
             method, environ.get("PATH_INFO", ""), headers, environ.get("REMOTE_ADDR") or None
         )
-        status = f"{response.status} {http.HTTPStatus(response.status).phrase}"
-        start_response(status, [*response.headers, ("Content-Length", str(len(response.body)))])
-        return [response.body]
+        return send_wsgi(start_response, response)
 
     return app
+
+
+def send_wsgi(start_response: StartResponse, response: Response) -> list[bytes]:
+    """Start ``response`` as a WSGI answer, with its Content-Length; the body to return."""
+    status = f"{response.status} {http.HTTPStatus(response.status).phrase}"
+    start_response(status, [*response.headers, ("Content-Length", str(len(response.body)))])
+    return [response.body]
 
 
 def _drain(environ: Mapping[str, Any]) -> None:

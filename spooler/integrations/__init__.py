@@ -31,7 +31,10 @@ from spooler.endpoint import (
     PayloadEndpoint,
     Response,
     StartResponse,
+    answer_non_http,
     asgi_app,
+    send_asgi,
+    send_wsgi,
     wsgi_app,
 )
 from spooler.reporter import Reporter, configure, get_reporter
@@ -150,11 +153,7 @@ class _LazyWSGI:
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         endpoint = self._lazy.get()
         if endpoint is None:
-            start_response(
-                "404 Not Found",
-                [*_not_found().headers, ("Content-Length", str(len(_NOT_FOUND)))],
-            )
-            return [_NOT_FOUND]
+            return send_wsgi(start_response, _not_found())
         if self._built_for is not endpoint:
             self._app, self._built_for = wsgi_app(endpoint), endpoint
         result: Iterable[bytes] = self._app(environ, start_response)
@@ -168,33 +167,11 @@ class _LazyASGI:
         self._app: Any = None
 
     async def __call__(self, scope: ASGIScope, receive: ASGIReceive, send: ASGISend) -> None:
-        if scope["type"] == "lifespan":  # mounted apps rarely get one; answer it if we do
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        if scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1008})
-            return
-        if scope["type"] != "http":
+        if await answer_non_http(scope, receive, send):
             return
         endpoint = self._lazy.get()
         if endpoint is None:
-            response = _not_found()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 404,
-                    "headers": [
-                        (k.lower().encode("latin-1"), v.encode("latin-1"))
-                        for k, v in (*response.headers, ("Content-Length", str(len(_NOT_FOUND))))
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": _NOT_FOUND})
+            await send_asgi(send, _not_found())
             return
         if self._built_for is not endpoint:
             self._app, self._built_for = asgi_app(endpoint), endpoint
