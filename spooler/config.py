@@ -11,6 +11,10 @@ explicit overrides win over it. Invalid values raise :class:`~spooler.errors.Con
 naming the option. An unknown option passed as an argument raises too; an unknown
 ``EVENT_ENGINE_CLOUD_*`` variable or framework key is logged once as a warning on
 ``spooler.config``, naming the closest option, and ignored.
+
+This module is longer than the ~500 lines other modules keep to on purpose: it is the
+one table of options, and an option's name, default, environment variable, parsing and
+checks read best side by side. Split, a new option would be a change to several files.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from spooler.errors import ConfigError
@@ -61,6 +65,7 @@ MIN_SPOOL_BYTES = 1 << 20  # 1 MiB
 MAX_SPOOL_BYTES = 1 << 40  # 1 TiB
 
 SpoolMode = Literal["background", "immediate"]
+_N = TypeVar("_N", int, float)
 
 ENV_PREFIX = "EVENT_ENGINE_CLOUD_"
 
@@ -383,14 +388,7 @@ def _parse_bool(option: str, value: object) -> bool:
 
 
 def _parse_int(option: str, value: object) -> int:
-    number: int | None = None
-    if isinstance(value, int) and not isinstance(value, bool):
-        number = value
-    elif isinstance(value, float) and value.is_integer():
-        number = int(value)
-    elif isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            number = int(value.strip())
+    number = _number(value, int)
     if number is None:
         raise ConfigError(option, f"must be an integer, got {_shown(value)}")
     low, high = _INTS[option]
@@ -400,18 +398,33 @@ def _parse_int(option: str, value: object) -> int:
 
 
 def _parse_seconds(option: str, value: object) -> float:
-    number: float | None = None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        number = float(value)
-    elif isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            number = float(value.strip())
+    number = _number(value, float)
     if number is None:
         raise ConfigError(option, f"must be a number of seconds, got {_shown(value)}")
     low, high = _SECONDS[option]
     if not low <= number <= high:  # also rejects NaN
         raise ConfigError(option, f"must be between {low:g} and {high:g} seconds, got {number:g}")
     return number
+
+
+def _number(value: object, kind: type[_N]) -> _N | None:
+    """``value`` as ``kind`` (int or float), or None when it is not such a number.
+
+    A string is parsed, a bool refused, and a float becomes an int only when it is whole.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return kind(value.strip())
+        return None
+    if kind is int and isinstance(value, int):
+        return value  # an int subclass (an IntEnum member) is kept as given
+    if isinstance(value, int) or (
+        isinstance(value, float) and (kind is float or value.is_integer())
+    ):
+        return kind(value)
+    return None
 
 
 def _shown(value: object) -> str:
