@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from spooler.errors import ConfigError
 from spooler.node import expand_spool_path
@@ -534,22 +534,15 @@ def is_loopback_host(host: str) -> bool:
 def _check_endpoint(endpoint: object) -> str:
     if not isinstance(endpoint, str):
         raise ConfigError("endpoint", "must be a URL string")
-    try:
-        parts = urlsplit(endpoint.strip())
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        raise ConfigError("endpoint", "is not a valid URL") from None
-    if parts.scheme not in ("http", "https"):
-        raise ConfigError("endpoint", f"must be an http(s) URL, got scheme {parts.scheme!r}")
-    if not parts.hostname:
-        raise ConfigError("endpoint", "has no host")
+    endpoint = endpoint.strip()
+    parts = _split_http_url("endpoint", endpoint)
     if parts.username or parts.password:
         raise ConfigError("endpoint", "must not carry credentials; set api_key instead")
     if parts.query or parts.fragment:
         raise ConfigError("endpoint", "must not have a query or fragment")
-    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname or ""):
         raise ConfigError("endpoint", "plain http is allowed only for loopback hosts; use https")
-    return endpoint.strip().rstrip("/")
+    return endpoint.rstrip("/")
 
 
 def redact_url(url: str) -> str:
@@ -573,18 +566,24 @@ def check_proxy(proxy: object) -> str | None:
         return None
     if not isinstance(proxy, str):
         raise ConfigError("proxy", "must be a URL string")
-    try:
-        parts = urlsplit(proxy)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        raise ConfigError("proxy", "is not a valid URL") from None
-    if parts.scheme not in ("http", "https"):
-        raise ConfigError("proxy", f"must be an http(s) URL, got scheme {parts.scheme!r}")
-    if not parts.hostname:
-        raise ConfigError("proxy", "has no host")
+    parts = _split_http_url("proxy", proxy)
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ConfigError("proxy", "must be scheme://[user:password@]host[:port] only")
     return proxy
+
+
+def _split_http_url(option: str, url: str) -> SplitResult:
+    """``url`` split, or ConfigError unless it is an http(s) URL with a host and a valid port."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ConfigError(option, "is not a valid URL") from None
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(option, f"must be an http(s) URL, got scheme {parts.scheme!r}")
+    if not parts.hostname:
+        raise ConfigError(option, "has no host")
+    return parts
 
 
 def _check_ca_bundle(bundle: object) -> str | None:
