@@ -12,12 +12,12 @@ import logging
 import socket
 import threading
 from contextlib import suppress
-from datetime import datetime, timezone
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 from spooler._receiver_contract import DRAIN_LIMIT, Refused, check_request
+from spooler.timestamps import now_iso
 
 if TYPE_CHECKING:
     from spooler.receiver import Receiver
@@ -141,7 +141,7 @@ class _Handler(BaseHTTPRequestHandler):
         """The request's row for the ``requests`` table, before anything is decided."""
         headers = self.headers
         return {
-            "at": _now(),
+            "at": now_iso(),
             "method": self.command,
             "path": self.path.split("?", 1)[0],
             "idempotency_key": headers.get("Idempotency-Key"),
@@ -187,10 +187,6 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             logger.debug("receiver: client went away before the answer")
             self.close_connection = True
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _phrase(status: int) -> str:
