@@ -44,14 +44,6 @@ _OPEN_WAIT = 5.0
 _TROUBLE_LOG_INTERVAL = 300.0  # seconds between WARNINGs while the cap keeps evicting
 _INHERITED: list[sqlite3.Connection] = []
 _INSERT_ONE = "INSERT INTO entries(kind, created_at, entry) VALUES (?, ?, ?)"
-# Positional placeholders in order: numbered ones bound to a sequence are
-# deprecated from Python 3.12 and refused from 3.14.
-_INSERT_MANY = (
-    "INSERT INTO entries(kind, created_at, entry) "
-    "SELECT coalesce(json_extract(value, '$.status'), 'unknown'), "
-    "coalesce(json_extract(value, '$.timestamp'), ?), value "
-    "FROM json_each(?) ORDER BY key"
-)
 
 
 _LIVE: weakref.WeakSet[SpoolCore] = weakref.WeakSet()

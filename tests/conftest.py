@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -48,10 +49,13 @@ def make_entry(
 
 
 def files_size(path: str) -> int:
-    """Bytes on disk of a spool and its -wal and -shm."""
-    return sum(
-        os.path.getsize(p) for p in (path, path + "-wal", path + "-shm") if os.path.exists(p)
-    )
+    """Bytes on disk of a spool and its -wal and -shm (one that is absent counts 0: the
+    last connection to close removes the -wal and -shm at any moment)."""
+    total = 0
+    for p in (path, path + "-wal", path + "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            total += os.path.getsize(p)
+    return total
 
 
 def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> bool:
