@@ -394,7 +394,9 @@ class Reporter:
                 return False
             buffer.append(item)
             if waiting >= GROUP_SIZE:
-                self._wake.set()
+                wake = self._wake
+                if not wake.is_set():  # set() takes a lock and notifies: only once
+                    wake.set()
                 if waiting >= self._yield_at:
                     # A host computing flat out starves the writer of the GIL
                     # (it waits 5 ms per hand-off). Past half the buffer, hand the

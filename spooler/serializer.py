@@ -241,10 +241,12 @@ def capture(
     value of an unusual type) is returned as a dict. Never raises.
     """
     try:
-        if not isinstance(payload, Mapping) or status not in STATUSES:
+        if (type(payload) is not dict and not isinstance(payload, Mapping)) or (
+            status not in STATUSES
+        ):
             return None
         get = payload.get
-        values = tuple([get(name) for name in _CAPTURED])
+        values = tuple(map(get, _CAPTURED))
         if not _KEEPABLE.issuperset(map(type, values)):
             # Values that are not plain scalars: build the entry here, on the host's
             # thread, so no reference to the host's objects is kept.
