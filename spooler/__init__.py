@@ -7,94 +7,25 @@ Typical use::
     spooler.start()              # does nothing at all without a key
     spooler.track_emit({"event_name": "order.placed", "event_id": 42})
 
+The public surface is what a host imports: the lifecycle and ``track_*`` calls
+(``reporter.__all__``), :class:`Config`, the exception tree (``errors.__all__``)
+and ``__version__``; ``tests/test_public_api.py`` pins it. The building blocks
+(``spooler.spool``, ``spooler.shipper``, ``spooler.client``, ...) and the dev tools
+(``spooler.receiver``, ``spooler.demo``) are imported from their own modules.
+
 Importing spooler is cheap: the HTTP stack (httpx) loads only when a shipper starts.
 """
 
-from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
-
+# No `from __future__ import annotations`: nothing here is annotated, and it would leave a
+# public name, `annotations`, in the package.
+from spooler import errors, reporter
 from spooler._version import __version__
 from spooler.config import Config
-from spooler.errors import (
-    AuthError,
-    ConfigError,
-    DeliveryError,
-    PermanentDeliveryError,
-    ShipperLockedError,
-    SpoolBusyError,
-    SpoolerError,
-    SpoolError,
-    TransientDeliveryError,
-    UnsafeSpoolError,
-)
-from spooler.reporter import (
-    Reporter,
-    configure,
-    flush,
-    get_reporter,
-    register_schema,
-    shutdown,
-    start,
-    track_dead_letter,
-    track_emit,
-    track_publish,
-    track_publish_batch,
-)
-from spooler.serializer import build_entry, schema_fingerprint
-from spooler.spool import Spool, SpoolStats
+from spooler.errors import *  # noqa: F403  (the names of errors.__all__)
+from spooler.reporter import *  # noqa: F403  (the names of reporter.__all__)
 
-if TYPE_CHECKING:
-    from spooler.client import CloudClient
-    from spooler.receiver import Faults, Receiver
-    from spooler.shipper import Shipper
-
-__all__ = [
-    "AuthError",
-    "CloudClient",
-    "Config",
-    "ConfigError",
-    "DeliveryError",
-    "Faults",
-    "PermanentDeliveryError",
-    "Receiver",
-    "Reporter",
-    "Shipper",
-    "ShipperLockedError",
-    "Spool",
-    "SpoolBusyError",
-    "SpoolError",
-    "SpoolStats",
-    "SpoolerError",
-    "TransientDeliveryError",
-    "UnsafeSpoolError",
-    "__version__",
-    "build_entry",
-    "configure",
-    "flush",
-    "get_reporter",
-    "register_schema",
-    "schema_fingerprint",
-    "shutdown",
-    "start",
-    "track_dead_letter",
-    "track_emit",
-    "track_publish",
-    "track_publish_batch",
-]
-
-_LAZY = {
-    "CloudClient": "spooler.client",
-    "Shipper": "spooler.shipper",
-    "Receiver": "spooler.receiver",
-    "Faults": "spooler.receiver",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'spooler' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
+# Each module lists its own public names once; these forms of __all__ are the ones
+# type checkers read (the typing spec's "library interface").
+__all__ = ["Config", "__version__"]
+__all__ += errors.__all__
+__all__ += reporter.__all__

@@ -21,6 +21,7 @@ import pytest
 import spooler
 from spooler import hooks, reporter
 from spooler.receiver import Faults, Receiver
+from spooler.serializer import schema_fingerprint
 from tests.conftest import wait_for
 
 KEY = "test-key-7f3a9c"
@@ -378,7 +379,7 @@ def test_registered_schemas_reach_the_heartbeat(path: str) -> None:
         assert wait_for(
             lambda: any(h["spool"]["publish_batch_events"] == 4 for h in rcv.heartbeats())
         )
-        assert fp == spooler.schema_fingerprint({"required": ["id"], "type": "object"})
+        assert fp == schema_fingerprint({"required": ["id"], "type": "object"})
 
 
 # -- shipping in-process and exit paths ---------------------------------------------
