@@ -125,7 +125,7 @@ def build_entry(
         if status not in STATUSES:
             logger.debug("dropped an entry: unknown status")
             return None
-        if not isinstance(payload, Mapping):
+        if type(payload) is not dict and not isinstance(payload, Mapping):
             logger.debug("dropped a %s entry: payload is not a mapping", status)
             return None
         get = payload.get
@@ -381,6 +381,8 @@ def build_heartbeat(
 
 def _text(value: object, limit: int = MAX_TEXT_LENGTH) -> str | None:
     """A stripped, non-empty, capped string from a str, int, float or UUID; else None."""
+    if value is None:
+        return None
     if isinstance(value, str):
         text = str.strip(value)  # never calls a subclass's methods; returns an exact str
     elif isinstance(value, int):
@@ -410,6 +412,8 @@ def _utf8_safe(text: str) -> str:
 
 def _count(value: object) -> int | None:
     """A non-negative int from an int or a digit string; else None."""
+    if value is None:
+        return None
     if type(value) is int:
         return value if 0 <= value <= _MAX_INT else None
     if isinstance(value, str):
@@ -425,6 +429,8 @@ def _count(value: object) -> int | None:
 
 def _event_id(value: object) -> int | str | None:
     """An int id, or a string id (canonical digit strings become ints); else None."""
+    if value is None:
+        return None
     if type(value) is int:
         return value if _MIN_INT <= value <= _MAX_INT else None
     if isinstance(value, str):

@@ -177,6 +177,8 @@ _CANONICAL = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-2][0-9]:[0-5][0-9]:[0-5]
 
 def instant(value: object) -> tuple[str, int] | None:
     """``value`` as (ISO 8601 UTC text with milliseconds, epoch milliseconds), or None."""
+    if value is None:
+        return None
     if type(value) is str and len(value) == 24 and _CANONICAL.fullmatch(value):
         days = _epoch_days(value[:10])
         hour = int(value[11:13])
