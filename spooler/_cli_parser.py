@@ -181,7 +181,7 @@ def _ship_flags(ship: argparse.ArgumentParser) -> None:
     ship.add_argument(
         "--endpoint", metavar="URL", help="Cloud ingest URL (https, or http to loopback)"
     )
-    ship.add_argument("--batch-size", metavar="N", help="entries per request (default 50)")
+    ship.add_argument("--batch-size", metavar="N", help="entries per request (default 500)")
     ship.add_argument(
         "--flush-interval", metavar="SECONDS", help="seconds between flushes (default 10)"
     )

@@ -45,7 +45,7 @@ def test_defaults_match_the_seed_and_leave_reporting_off() -> None:
     assert cfg.api_key is None
     assert cfg.enabled is False
     assert cfg.endpoint == DEFAULT_ENDPOINT
-    assert cfg.batch_size == 50
+    assert cfg.batch_size == 500
     assert cfg.flush_interval == 10.0
     assert cfg.spool_max_bytes == 64 << 20
     assert cfg.environment == "development"
