@@ -19,7 +19,7 @@ import certifi
 import httpx
 import pytest
 
-from spooler._version import __version__
+from spooler import __version__
 from spooler.client import CloudClient, classify, parse_retry_after
 from spooler.errors import (
     AuthError,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -20,7 +22,8 @@ import pytest
 
 import spooler
 from spooler import hooks, reporter
-from spooler.receiver import Faults, Receiver
+from spooler.lock import holder_pid
+from spooler.receiver import Receiver
 from spooler.serializer import schema_fingerprint
 from tests.conftest import wait_for
 
@@ -53,6 +56,7 @@ def counters(path: str) -> dict[str, int]:
 def _clean_reporter() -> Iterator[None]:
     yield
     spooler.shutdown(timeout=0.5)
+    # Back to "never configured": no public call forgets the process's reporter.
     reporter._reporter = None
 
 
@@ -94,6 +98,13 @@ _UNCONFIGURED = textwrap.dedent(
             return sockets() - n
     before = sockets()
     import blinker, spooler
+    never_configured = [
+        spooler.track_emit({"event_name": "x", "event_id": 0}),
+        spooler.track_publish({"event_name": "x", "event_id": 0}),
+        spooler.track_dead_letter({"event_name": "x", "event_id": 0}),
+        spooler.track_publish_batch(3),
+        spooler.get_reporter(),
+    ]
     spooler.configure()
     started = spooler.start()
     results = [spooler.track_emit({"event_name": "x", "event_id": i}) for i in range(1000)]
@@ -101,6 +112,7 @@ _UNCONFIGURED = textwrap.dedent(
     spooler.track_publish_batch(3)
     spooler.shutdown()
     print(json.dumps({
+        "never_configured": never_configured,
         "started": started,
         "accepted": sum(results),
         "threads": threading.active_count(),
@@ -114,7 +126,8 @@ _UNCONFIGURED = textwrap.dedent(
 
 
 def test_unconfigured_means_no_file_no_thread_no_socket(tmp_path: Path) -> None:
-    """Without a key: start() declines, hooks accept nothing, and nothing is created."""
+    """Without a key (or before configure): start() declines, hooks accept nothing, and
+    nothing is created."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("EVENT_ENGINE_CLOUD_")}
     out = subprocess.run(
         [sys.executable, "-c", _UNCONFIGURED],
@@ -127,6 +140,7 @@ def test_unconfigured_means_no_file_no_thread_no_socket(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result == {
+        "never_configured": [False, False, False, False, None],
         "started": False,
         "accepted": 0,
         "threads": 1,
@@ -145,8 +159,8 @@ def test_the_disabled_hook_does_no_work(monkeypatch: pytest.MonkeyPatch) -> None
     spooler.start()
     assert spooler.track_emit(event(1)) is False
     assert spooler.track_dead_letter(event(1)) is False
-    reporter._reporter = None
     assert spooler.track_publish(event(1)) is False
+    assert spooler.track_publish_batch(1) is False
     assert calls == []
 
 
@@ -400,17 +414,22 @@ def test_in_process_shipping_delivers_to_the_cloud(path: str) -> None:
 
 def test_shutdown_is_bounded_when_the_cloud_hangs(path: str) -> None:
     """A Cloud that never answers cannot make shutdown wait past its deadline; rows stay."""
-    with Receiver(api_key=KEY, faults=Faults(delay=30.0)) as rcv:
+    with socket.create_server(("127.0.0.1", 0)) as cloud:  # accepts, reads, never answers
+        cloud.settimeout(10.0)
+        endpoint = f"http://127.0.0.1:{cloud.getsockname()[1]}"
         spooler.configure(
-            api_key=KEY, spool_path=path, endpoint=rcv.url, flush_interval=0.1, batch_size=5
+            api_key=KEY, spool_path=path, endpoint=endpoint, flush_interval=0.1, batch_size=5
         )
         spooler.start()
         for i in range(20):
             spooler.track_emit(event(i))
-        time.sleep(0.3)  # let the shipper get stuck in a request
-        start = time.monotonic()
-        left_nothing = spooler.shutdown(timeout=0.5)
-        elapsed = time.monotonic() - start
+        conn, _ = cloud.accept()
+        with conn:
+            conn.settimeout(10.0)
+            assert conn.recv(1)  # the shipper is in a request the Cloud will never answer
+            start = time.monotonic()
+            left_nothing = spooler.shutdown(timeout=0.5)
+            elapsed = time.monotonic() - start
     assert left_nothing is False
     assert elapsed < 6.0  # a hang detector, not a speed target: 0.5 s flush + joins
     assert len(spooled(path)) == 20
@@ -448,20 +467,41 @@ def test_atexit_never_hangs_and_keeps_entries_for_the_next_run(path: str) -> Non
     assert len(spooled(path)) == 25
 
 
-def test_shutdown_starts_no_thread(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The atexit path never starts a thread (Python 3.12 refuses that at shutdown)."""
-    spooler.configure(api_key=KEY, spool_path=path, ship_in_process=False)
+_EXIT_REFUSING_THREADS = textwrap.dedent(
+    """
+    import sys, threading, time, spooler
+    from spooler.spool import read_stats
+    def committed():
+        try:
+            return read_stats(sys.argv[1]).depth
+        except Exception:  # not created yet
+            return 0
+    spooler.configure(api_key="k", spool_path=sys.argv[1], ship_in_process=False)
     spooler.start()
-    spooler.track_emit(event(1))
-    assert wait_for(lambda: len(spooled(path)) == 1)
-    spooler.track_emit(event(2))
-
-    def refuse(self: threading.Thread) -> None:
+    spooler.track_emit({"event_name": "x", "event_id": 1})
+    deadline = time.monotonic() + 10
+    while committed() < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)  # until the writer has committed the first entry
+    spooler.track_emit({"event_name": "x", "event_id": 2})
+    def refuse(self):
         raise RuntimeError("can't create new thread at interpreter shutdown")
+    threading.Thread.start = refuse
+    # exit normally: spooler's atexit hook must commit entry 2 without a new thread
+    """
+)
 
-    monkeypatch.setattr(threading.Thread, "start", refuse)
-    reporter._at_exit()
-    assert len(spooled(path)) == 2
+
+def test_shutdown_at_exit_starts_no_thread(path: str) -> None:
+    """The atexit path never starts a thread (Python 3.12 refuses that at shutdown)."""
+    out = subprocess.run(
+        [sys.executable, "-c", _EXIT_REFUSING_THREADS, path],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr and "failed" not in out.stderr, out.stderr
+    assert [e["event_id"] for e in spooled(path)] == [1, 2]
 
 
 def test_nothing_is_started_before_the_first_event(path: str) -> None:
@@ -505,6 +545,8 @@ def test_forked_children_each_get_their_own_writer_and_every_entry_arrives(path:
 
 def test_a_prefork_server_has_one_shipper_and_delivers_everything(path: str) -> None:
     """Four forked workers append; exactly one process ships; the receiver gets each once."""
+    tried_r, tried_w = os.pipe()  # a byte from each worker that has tried for the ship lock
+    go_r, go_w = os.pipe()  # then a byte to each: all have tried, carry on
     with Receiver(api_key=KEY) as rcv:
         spooler.configure(api_key=KEY, spool_path=path, endpoint=rcv.url, flush_interval=0.2)
         spooler.start()  # the "master": subscribes, starts nothing
@@ -517,14 +559,33 @@ def test_a_prefork_server_has_one_shipper_and_delivers_everything(path: str) -> 
                     for i in range(50):
                         spooler.track_emit(event(w * 100 + i))
                     r = spooler.get_reporter()
-                    time.sleep(0.5)
-                    ships = int(r is not None and r.shipper is not None and r.shipper.running)
+                    assert r is not None
+                    # Tried: ships, or has a shipper that found the lock held by another.
+                    wait_for(
+                        lambda r=r: (
+                            r.shipper is not None
+                            and (r.shipper.running or holder_pid(path) not in (None, os.getpid()))
+                        )
+                    )
+                    os.write(tried_w, b"x")
+                    # No worker stops (letting the lock go) before all four have tried.
+                    os.read(go_r, 1)
+                    ships = int(r.shipper is not None and r.shipper.running)
                     spooler.shutdown(timeout=3.0)
                     code = 10 + ships
                 finally:
                     os._exit(code)
             pids.append(pid)
+        try:
+            tried = 0
+            while tried < 4 and select.select([tried_r], [], [], 30)[0]:
+                tried += len(os.read(tried_r, 4 - tried))
+        finally:
+            os.write(go_w, b"x" * 4)  # never leave a worker waiting
+            for fd in (tried_r, tried_w, go_r, go_w):
+                os.close(fd)
         codes = [os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) for p in pids]
+        assert tried == 4
         assert sorted(codes) == [10, 10, 10, 11]
         # whatever the last shipper left behind, a fresh one delivers
         spooler.track_emit(event(999))
@@ -545,7 +606,7 @@ def test_another_process_takes_shipping_over_when_the_shipper_dies(
         spooler.start()
         spooler.track_emit({"event_name": "x", "event_id": -1})
         print("ready", flush=True)
-        time.sleep(60)
+        time.sleep(60)  # ships until the test kills it
         """
     )
     with Receiver(api_key="k") as rcv:
@@ -560,6 +621,8 @@ def test_another_process_takes_shipping_over_when_the_shipper_dies(
             spooler.track_emit(event(1))
             r = spooler.get_reporter()
             assert r is not None
+            # Time passes on purpose: over two takeover intervals, this process must not
+            # take shipping from the live one.
             time.sleep(0.5)
             assert r.shipper is None or not r.shipper.running
             proc.kill()
@@ -611,7 +674,7 @@ _HARD_EXIT = textwrap.dedent(
     spooler.start()
     for i in range(200):
         spooler.track_emit({"event_name": "x", "event_id": i})
-    time.sleep(0.5)  # older than the writer's 100 ms group window
+    time.sleep(0.5)  # time passes on purpose: these 200 are older than the 100 ms group window
     for i in range(200, 210):
         spooler.track_emit({"event_name": "x", "event_id": i})
     os._exit(0)  # skips atexit, like a multiprocessing or Celery pool child
