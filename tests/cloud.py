@@ -1,7 +1,9 @@
 """An independent Cloud for tests: counts what arrives without sharing code with spooler.
 
-It answers 200 to every POST (or what ``status`` says), remembers each request's
-entry_ids and the connection it came on, and knows nothing of spooler's receiver.
+It answers 200 to every POST (or what ``status`` says; ``answers`` scripts the first
+answers to POST /events), remembers each request's body, Idempotency-Key, entry_ids and
+the connection it came on, and knows nothing of spooler's receiver. A body that is not
+JSON with an ``entries`` list of objects gets 400.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from typing import Any
 class CountingCloud:
     """A stand-in Cloud on 127.0.0.1 that records every request it gets."""
 
-    def __init__(self, port: int = 0, status: int = 200) -> None:
+    def __init__(self, port: int = 0, status: int = 200, answers: list[int] | None = None) -> None:
         self.status = status
+        self.answers = list(answers or [])  # statuses for the next POST /events, in order
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         cloud = self
@@ -27,14 +30,30 @@ class CountingCloud:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length)
+                events = self.path.endswith("/events")
                 ids: list[str] = []
-                if self.path.endswith("/events"):
-                    ids = [e["entry_id"] for e in json.loads(body)["entries"]]
+                valid = True
+                if events:
+                    try:
+                        ids = [e["entry_id"] for e in json.loads(body)["entries"]]
+                    except (ValueError, KeyError, TypeError):
+                        valid = False
                 with cloud._lock:
                     cloud.requests.append(
-                        {"path": self.path, "ids": ids, "peer": self.client_address}
+                        {
+                            "path": self.path,
+                            "ids": ids,
+                            "peer": self.client_address,
+                            "body": body,
+                            "key": self.headers.get("Idempotency-Key"),
+                        }
                     )
-                    status = cloud.status
+                    if not valid:
+                        status = 400
+                    elif events and cloud.answers:
+                        status = cloud.answers.pop(0)
+                    else:
+                        status = cloud.status
                 self.send_response(status)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
@@ -54,6 +73,11 @@ class CountingCloud:
         """Every entry_id received, in arrival order, duplicates included."""
         with self._lock:
             return [i for r in self.requests for i in r["ids"]]
+
+    def event_bodies(self) -> list[tuple[bytes, str | None]]:
+        """(body, Idempotency-Key) of every POST /events, in arrival order."""
+        with self._lock:
+            return [(r["body"], r["key"]) for r in self.requests if r["path"].endswith("/events")]
 
     def event_posts(self) -> int:
         """How many POST /events arrived."""

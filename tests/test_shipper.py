@@ -19,6 +19,7 @@ from spooler.config import Config
 from spooler.receiver import Faults, Receiver
 from spooler.shipper import Shipper
 from spooler.spool import COUNTER_NAMES, Spool, SpoolStats
+from tests.cloud import CountingCloud
 from tests.conftest import files_size, free_port, make_entry, wait_for
 
 KEY = "sk_test_SH1PPER_b1ff4e07c2d9"
@@ -602,11 +603,11 @@ def test_an_outage_past_the_cap_keeps_the_files_within_it(tmp_path: Path, spool_
 
 
 def test_the_request_body_splices_entry_ids_into_the_stored_json(spool_path: str) -> None:
-    """The body built from the spool's JSON text is valid JSON with one entry_id per entry,
-    also for an empty object and text with trailing spaces, and its key is stable."""
+    """Row by row (after a 422 split the batch), each body built from the spool's JSON text is
+    valid JSON with one entry_id per entry, also for an empty object and text with trailing
+    spaces; a retried request carries the same body and Idempotency-Key."""
     import json
 
-    config = make_config("http://127.0.0.1:9", spool_path)
     spool = Spool(spool_path)
     spool.append_many([make_entry(1), make_entry(2)])
     con = sqlite3.connect(spool_path)
@@ -614,19 +615,27 @@ def test_the_request_body_splices_entry_ids_into_the_stored_json(spool_path: str
     con.execute("INSERT INTO entries(kind, created_at, entry) VALUES ('x', 'now', '{\"a\": 1}  ')")
     con.commit()
     con.close()
-    shipper = Shipper(config, spool=spool, watch=False)
-    try:
-        rows = spool.read_batch(10)
-        body, key = shipper._body(rows)
-        again, key_again = shipper._body(spool.read_batch(10))
-        doc = json.loads(body)
-        assert [e["entry_id"] for e in doc["entries"]] == [f"{spool.spool_id}-{r.id}" for r in rows]
-        assert [e.get("event_id") for e in doc["entries"]] == [1, 2, None, None]
-        assert doc["entries"][3]["a"] == 1
-        assert (body, key) == (again, key_again)
-    finally:
-        shipper.close()
-        spool.close()
+    rows = spool.read_batch(10)
+    # The batch is refused, so the shipper sends halves built from the rows; the first
+    # half fails once (503) and goes again.
+    with CountingCloud(answers=[422, 503]) as cloud:
+        shipper = Shipper(
+            make_config(cloud.url, spool_path), spool=spool, watch=False, sleep=Sleeps()
+        )
+        try:
+            result = shipper.cycle(heartbeat=False)
+        finally:
+            shipper.close()
+            spool.close()
+        sent = cloud.event_bodies()
+    assert (result.shipped, result.rejected, result.retries) == (4, 0, 1)
+    assert len(sent) == 4  # the batch, the first half twice, the second half
+    assert sent[1] == sent[2]  # the same rows again: the same body and key
+    entries = [e for body, _ in sent[2:] for e in json.loads(body)["entries"]]
+    assert [e["entry_id"] for e in entries] == [f"{spool.spool_id}-{r.id}" for r in rows]
+    assert [e.get("event_id") for e in entries] == [1, 2, None, None]
+    assert entries[3]["a"] == 1
+    assert sent[2][1] != sent[3][1]  # each half has its own key
 
 
 def test_rows_that_are_not_json_objects_are_set_aside_and_the_rest_delivered(
