@@ -44,6 +44,10 @@ class SpoolBatch:
     body: str
 
 
+_VACUUM_STEP = 1024  # pages incremental_vacuum frees per maintain() (4 MiB, ~50 ms)
+_VACUUM_LIVE_PAGES = 2048  # up to this many live pages (8 MiB), VACUUM rebuilds instead
+
+
 class SpoolShipping(SpoolCore):
     """What the one shipper does with the spool: read, acknowledge, dead-letter, maintain."""
 
@@ -267,6 +271,25 @@ class SpoolShipping(SpoolCore):
 
         self._transaction(work, timeout)
 
+    def _give_back(self, conn: sqlite3.Connection, used: int) -> None:
+        """Return free pages to the file system, holding the write lock briefly.
+
+        incremental_vacuum costs about 45 us per page it frees (it rewrites the
+        freelist through the WAL): a drained 40 MiB spool took 0.4 s, while an
+        immediate-mode host waits at most 0.5 s for the lock. So it frees at most
+        ``_VACUUM_STEP`` pages per call, and a spool left with few live pages (the
+        usual case after a backlog drained) is rebuilt with VACUUM instead, whose
+        cost follows the live pages (about 2 ms for a drained 40 MiB spool).
+        """
+        if used <= _VACUUM_LIVE_PAGES:
+            try:
+                conn.execute("VACUUM")
+                conn.execute(f"PRAGMA max_page_count = {self._max_pages}")
+                return
+            except sqlite3.OperationalError as exc:  # busy, or a reader in the way
+                self._log_once("vacuum", "spool could not VACUUM (%s); freeing pages in steps", exc)
+        conn.executescript(f"PRAGMA incremental_vacuum({_VACUUM_STEP});")
+
     def maintain(self) -> dict[str, int]:
         """Checkpoint the WAL and give free pages back; the shipper's routine chore.
 
@@ -278,9 +301,8 @@ class SpoolShipping(SpoolCore):
                 pages = conn.execute("PRAGMA page_count").fetchone()[0]
                 free = conn.execute("PRAGMA freelist_count").fetchone()[0]
                 if free > 64 and free * 4 > pages:
-                    conn.executescript("PRAGMA incremental_vacuum;")
-                    after = conn.execute("PRAGMA freelist_count").fetchone()[0]
-                    out["vacuumed_pages"] = free - after
+                    self._give_back(conn, pages - free)
+                    out["vacuumed_pages"] = pages - conn.execute("PRAGMA page_count").fetchone()[0]
                 empty = conn.execute("SELECT NOT EXISTS (SELECT 1 FROM entries)").fetchone()[0]
                 mode = "TRUNCATE" if empty else "PASSIVE"
                 busy, frames, done = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -492,3 +493,51 @@ def test_the_cap_holds_while_another_connection_reads_and_writes(spool_path: str
         appender.close()
     assert biggest <= cap, biggest
     assert stats.counters["appended"] == stats.counters["evicted"] + stats.depth
+
+
+def test_a_drained_spool_is_rebuilt_and_keeps_its_identity_ids_and_counters(
+    spool_path: str,
+) -> None:
+    """A backlog drained to a few live pages is given back with VACUUM: the file shrinks
+    to a few pages, and the spool keeps its id, its counters and its id sequence."""
+    with Spool(spool_path, max_bytes=64 << 20) as s:
+        s.append_many([make_entry(i) for i in range(30_000)])
+        spool_id = s.spool_id
+        batch = s.read_body(30_000)
+        assert batch is not None
+        s.ack_range(batch.first_id, batch.last_id, batch.count)
+        s.maintain()
+        assert os.path.getsize(spool_path) < 64 * 4096
+        assert s.append(make_entry(30_000))
+        stats = s.stats()
+    with sqlite3.connect(spool_path) as con:
+        assert con.execute("SELECT max(id) FROM entries").fetchone()[0] == 30_001
+        app_id = con.execute("PRAGMA application_id").fetchone()[0]
+        assert con.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
+    assert app_id != 0
+    assert stats.spool_id == spool_id
+    assert (stats.counters["shipped"], stats.counters["appended"], stats.depth) == (
+        30_000,
+        30_001,
+        1,
+    )
+
+
+@pytest.mark.slow
+def test_a_large_live_spool_gives_space_back_in_bounded_steps(spool_path: str) -> None:
+    """With many live rows left, each maintain() frees a bounded number of pages (so the
+    write lock is never held for long) and repeated calls keep shrinking the file."""
+    with Spool(spool_path, max_bytes=256 << 20) as s:
+        for i in range(0, 80_000, 5_000):
+            s.append_many([make_entry(j) for j in range(i, i + 5_000)])
+        batch = s.read_body(40_000)
+        assert batch is not None
+        s.ack_range(batch.first_id, batch.last_id, batch.count)
+        sizes = [os.path.getsize(spool_path)]
+        for _ in range(3):
+            s.maintain()
+            sizes.append(os.path.getsize(spool_path))
+        assert s.stats().depth == 40_000
+    steps = [before - after for before, after in itertools.pairwise(sizes)]
+    # 1,024 pages per call, plus the pointer-map page that goes with them.
+    assert all(0 < step <= 1030 * 4096 for step in steps), steps
