@@ -27,7 +27,7 @@ end = time.monotonic() + seconds
 i = 0
 while time.monotonic() < end:
     spooler.track_emit({"event_name": "order.placed", "event_id": i}); i += 1
-    time.sleep(0.01)
+    time.sleep(0.01)  # time passes on purpose: a host emitting ~100 events a second
 try:
     httpx.post(endpoint + "/heartbeat", content=b"{}")  # the host's own use of httpx
 except httpx.ConnectError:
