@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -43,7 +44,7 @@ s = Spool(path, busy_timeout=5.0)
 entry = {"event_name": "x", "status": "emitted"}
 failed = sum(not s.append({**entry, "event_id": i}) for i in range(n))
 print("done" if not failed else f"{failed} appends failed", flush=True)
-time.sleep(600)
+time.sleep(600)  # alive, its connection open, until the test kills it
 """
 
 
@@ -178,7 +179,7 @@ def test_a_busy_spool_does_not_starve_a_quiet_one(folder: str) -> None:
     quiet = Spool(os.path.join(folder, "quiet.db"))
     quiet.append_many([make_entry(i) for i in range(10)])
     quiet_id = quiet.spool_id
-    time.sleep(0.1)  # older than flush_interval: the quiet rows are due
+    time.sleep(0.1)  # time passes on purpose: older than flush_interval, the quiet rows are due
     with CountingCloud() as cloud:
         n = node(folder, cloud.url)
         try:
@@ -217,10 +218,11 @@ def test_a_drained_spool_is_removed_only_after_its_writer_is_gone(folder: str) -
             try:
 
                 def turns(seconds: float) -> None:
+                    """Turn for ``seconds``: a window in which something must NOT happen."""
                     end = time.monotonic() + seconds
                     while time.monotonic() < end:
                         n.turn()
-                        time.sleep(0.02)
+                        time.sleep(0.02)  # a turn every 20 ms, like the node's loop when idle
 
                 assert wait_for(lambda: (n.turn(), len(by_spool(cloud.event_ids())) == 2)[1], 20)
                 # Its writer closed it: removed once quiet for remove_after.
@@ -299,7 +301,7 @@ def test_two_node_shippers_split_a_folder_without_sending_twice(folder: str) -> 
             assert wait_for(lambda: len(set(cloud.event_ids())) >= 1200, 60)
             holders = {holder_pid(os.path.join(folder, f"app-{w}.db")) for w in range(6)}
             assert holders <= {p.pid for p in nodes}
-            time.sleep(0.5)  # nothing more may arrive
+            time.sleep(0.5)  # time passes on purpose: a late duplicate would arrive in it
             for p in nodes:
                 p.send_signal(signal.SIGTERM)
                 assert p.wait(10) == 0
@@ -313,14 +315,15 @@ def test_two_node_shippers_split_a_folder_without_sending_twice(folder: str) -> 
 
 
 class _SilentCloud:
-    """A Cloud that accepts connections and reads, but never answers."""
+    """A Cloud that accepts connections and reads, but never answers; ``received`` is set
+    once a request's first bytes have arrived."""
 
     def __init__(self) -> None:
         self._sock = socket.socket()
         self._sock.bind(("127.0.0.1", 0))
         self._sock.listen(16)
         self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-        self.accepted = threading.Event()
+        self.received = threading.Event()
         self._conns: list[socket.socket] = []
         threading.Thread(target=self._serve, daemon=True).start()
 
@@ -331,11 +334,18 @@ class _SilentCloud:
             except OSError:
                 return
             self._conns.append(conn)
-            self.accepted.set()
+            threading.Thread(target=self._read, args=(conn,), daemon=True).start()
+
+    def _read(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while conn.recv(65536):
+                self.received.set()
 
     def close(self) -> None:
         self._sock.close()
         for c in self._conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)  # ends the reader's recv before the close
             c.close()
 
 
@@ -349,8 +359,7 @@ def test_sigterm_stops_the_node_shipper_during_a_hanging_request(folder: str) ->
     cloud = _SilentCloud()
     proc = node_process(folder, cloud.url)
     try:
-        assert cloud.accepted.wait(30)
-        time.sleep(0.3)
+        assert cloud.received.wait(30)  # a request is in flight, and will never be answered
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
@@ -452,12 +461,12 @@ def test_a_spool_locked_by_another_process_is_not_opened(folder: str) -> None:
     other.acquire()
     try:
         with CountingCloud() as cloud:
-            n = node(folder, cloud.url, lock_retry=0.0)
+            # rescan=0: every turn looks at the folder, so "later" is the next turn.
+            n = node(folder, cloud.url, lock_retry=0.0, rescan=0.0)
             try:
                 n.turn()
                 assert n.spools == [] and cloud.requests == []
                 other.release()
-                n._next_scan = 0.0
                 n.turn()
                 n.turn()
                 assert n.spools == [path]
