@@ -350,7 +350,7 @@ def test_four_processes_append_while_a_reader_acks_in_order(spool_path: str) -> 
                 if not reader.read_batch(1):
                     break
             else:
-                time.sleep(0.005)
+                time.sleep(0.005)  # a poll (like wait_for's): nothing to read, producers run
         codes = [p.wait(timeout=60) for p in procs]
         stats = reader.stats()
     finally:
@@ -476,7 +476,7 @@ def test_the_cap_holds_while_another_connection_reads_and_writes(spool_path: str
         while not stop.is_set():
             other.read_batch(100)
             other.set_meta({"last_error": "HTTP 503"})
-            time.sleep(0.001)
+            time.sleep(0.001)  # on purpose: a busy shipper's pace, not a wait for a state
 
     thread = threading.Thread(target=churn)
     thread.start()
