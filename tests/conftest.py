@@ -64,7 +64,7 @@ def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> bool:
     while time.monotonic() < deadline:
         if check():
             return True
-        time.sleep(0.01)
+        time.sleep(0.01)  # the poll interval
     return check()
 
 
