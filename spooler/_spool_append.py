@@ -119,10 +119,11 @@ class SpoolAppending(SpoolCore):
         delay = 5e-5
         while True:
             try:
-                if self._wal_size_fast() > self._soft_wal and self._wal_size() > self._soft_wal:
-                    if self.on_wal_full is not None:
+                if self._wal_size_fast() > self._soft_wal:
+                    size = self._wal_size()  # the path, in case the WAL was made anew
+                    if size > self._soft_wal and self.on_wal_full is not None:
                         self.on_wal_full()
-                    if self._wal_size() > self._hard_wal:
+                    if size > self._hard_wal:
                         raise _WalFull
                 # _locked without the generator: this is the host's hot path.
                 if self._pid != os.getpid():

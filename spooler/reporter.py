@@ -172,7 +172,7 @@ class Reporter:
                     lazy=True,
                     check=False,
                     checkpoints=False,
-                    on_wal_full=self._wake.set,
+                    on_wal_full=self._wake_writer,
                 )
             self._stop.clear()
             self._writer = start_thread(self._write_loop, "spooler.writer")
@@ -394,9 +394,7 @@ class Reporter:
                 return False
             buffer.append(item)
             if waiting >= GROUP_SIZE:
-                wake = self._wake
-                if not wake.is_set():  # set() takes a lock and notifies: only once
-                    wake.set()
+                self._wake_writer()
                 if waiting >= self._yield_at:
                     # A host computing flat out starves the writer of the GIL
                     # (it waits 5 ms per hand-off). Past half the buffer, hand the
@@ -437,6 +435,11 @@ class Reporter:
         if shipper is not None:
             shipper.notify()
         return True
+
+    def _wake_writer(self) -> None:
+        wake = self._wake
+        if not wake.is_set():  # set() takes a lock and notifies: only once
+            wake.set()
 
     def _count_drop(self) -> bool:
         try:
