@@ -10,7 +10,7 @@ import sqlite3
 import sys
 
 from spooler._cli_common import EXIT_OK, UserError
-from spooler.config import ENV_VARS
+from spooler.config import ENV_VARS, env_value
 
 
 def cmd_receive(args: argparse.Namespace) -> int:
@@ -73,14 +73,11 @@ def cmd_receive(args: argparse.Namespace) -> int:
 
 
 def _env_api_key() -> str | None:
-    """EVENT_ENGINE_CLOUD_KEY exactly as set, or None: the key the receiver expects.
-
-    The one place the command line reads the environment itself. ``Config.from_env``
-    would also parse every other EVENT_ENGINE_CLOUD_* variable (a bad endpoint or batch
-    size would stop the receiver from starting) and strip the key; config.py has no
-    reader for one raw variable yet.
-    """
-    return os.environ.get(ENV_VARS["api_key"])
+    """The key the receiver expects, read as ``ship`` reads it (stripped), but without
+    parsing the other EVENT_ENGINE_CLOUD_* variables: a bad endpoint or batch size must
+    not stop the receiver from starting."""
+    key = env_value("api_key")
+    return key if isinstance(key, str) else None
 
 
 def _cannot_listen(host: str, port: int, exc: OSError) -> str:

@@ -47,6 +47,7 @@ __all__ = [
     "Config",
     "check_origins",
     "check_proxy",
+    "env_value",
     "format_size",
     "options_from_settings",
     "parse_option",
@@ -296,6 +297,14 @@ OPTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Config))
 
 
 # -- the one parser ------------------------------------------------------------------
+
+
+def env_value(name: str, environ: Mapping[str, str] | None = None) -> Any:
+    """Option ``name`` as its environment variable sets it, parsed like every source
+    (for ``api_key``: stripped, None when unset or blank); the other variables are not
+    read. ``environ`` defaults to ``os.environ``."""
+    raw = (os.environ if environ is None else environ).get(ENV_VARS[name])
+    return None if raw is None else parse_option(name, raw)
 
 
 def parse_option(name: str, value: Any) -> Any:

@@ -19,6 +19,7 @@ from spooler.config import (
     ENV_VARS,
     OPTIONS,
     Config,
+    env_value,
     options_from_settings,
     parse_size,
 )
@@ -632,3 +633,18 @@ def test_before_send_is_left_out_of_equality_hash_and_repr() -> None:
     b = Config(debug=True)
     assert a == b and hash(a) == hash(b) and {a: 1}[b] == 1
     assert repr(a) == repr(b) and "before_send" not in repr(a)
+
+
+def test_env_value_reads_one_variable_as_config_would_and_no_other() -> None:
+    """`spooler receive` expects the key `ship` sends: both strip it; a bad variable
+    elsewhere in the environment does not stop the one read."""
+    env = {ENV_VARS["api_key"]: "  k-1  ", ENV_VARS["batch_size"]: "fifty"}
+    assert (
+        env_value("api_key", env)
+        == Config.from_env({ENV_VARS["api_key"]: "  k-1  "}).api_key
+        == "k-1"
+    )
+    assert env_value("api_key", {ENV_VARS["api_key"]: "   "}) is None
+    assert env_value("api_key", {}) is None
+    with pytest.raises(ConfigError):
+        env_value("batch_size", env)
