@@ -10,6 +10,9 @@ the host shapes its notification.
 entry it cannot build, and sticks to cheap type checks (no regex) for the common types
 (ISO 8601 strings are the exception: a precompiled regex).
 Every value it returns survives ``json.dumps(entry, allow_nan=False)`` and UTF-8 encoding.
+
+Why one file of a little over 500 lines: the allowlist, the coercion of each field and
+the heartbeat are what a privacy review reads, top to bottom, in one place.
 """
 
 from __future__ import annotations
