@@ -385,6 +385,24 @@ def goals(res: dict[str, dict[str, Any]], quick: bool) -> list[list[Any]]:
                     "reported",
                 ]
             )
+        otel, background = app["summary"]["otel"], app["summary"]["background"]
+        half = otel["cost_pct"] / 2
+        rows.append(
+            [
+                "6. background costs at most half of what OTel's pipeline costs",
+                f"<= {half:.1f} %",
+                f"{background['cost_pct']:.1f} % (OTel {otel['cost_pct']:.1f} %)",
+                _verdict(background["cost_pct"] <= half),
+            ]
+        )
+        rows.append(
+            [
+                "6. background p99 no worse than OTel's",
+                f"<= {otel['p99_ms']:.2f} ms",
+                f"{background['p99_ms']:.2f} ms",
+                _verdict(background["p99_ms"] <= otel["p99_ms"]),
+            ]
+        )
     return rows
 
 

@@ -69,7 +69,7 @@ from typing import Any
 from spooler.config import DEFAULT_DASHBOARD_ORIGIN, Config, check_origins
 from spooler.errors import ConfigError
 
-__all__ = ["PayloadEndpoint", "Response", "asgi_app", "wsgi_app"]
+__all__ = ["FailureTracker", "PayloadEndpoint", "Response", "asgi_app", "wsgi_app"]
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +151,12 @@ class PayloadEndpoint:
         self._key_digest = hashlib.sha256(api_key.strip().encode("utf-8")).digest()
         self._lookup = lookup
         self._origins = origins
-        self._failures = _FailureTracker(max_failures, failure_window, lockout, clock, max_clients)
+        self._failures = FailureTracker(max_failures, failure_window, lockout, clock, max_clients)
+
+    @property
+    def failures(self) -> FailureTracker:
+        """Failed authentications per client address, and the lockouts they caused."""
+        return self._failures
 
     @classmethod
     def from_config(cls, config: Config, lookup: Lookup) -> PayloadEndpoint:
@@ -248,7 +253,7 @@ class PayloadEndpoint:
         return Response(200, (*_BASE_HEADERS, ("Content-Type", "application/json"), *cors), body)
 
 
-class _FailureTracker:
+class FailureTracker:
     """Failed authentications per client address, with lockouts; thread-safe, LRU-bounded."""
 
     def __init__(

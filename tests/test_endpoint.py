@@ -597,7 +597,7 @@ def test_a_success_does_not_lift_a_lockout(endpoint: PayloadEndpoint, clock: Clo
     """A right key that slips past the lockout check as the lockout starts cannot end it."""
     for _ in range(11):
         call(endpoint, headers={}, remote="a")
-    endpoint._failures.succeed("a")  # what a request admitted a moment earlier does on success
+    endpoint.failures.succeed("a")  # what a request admitted a moment earlier does on success
     assert call(endpoint, remote="a").status == 429
     clock.now += 60
     assert call(endpoint, remote="a").status == 200
@@ -618,7 +618,7 @@ def test_default_tracker_holds_at_most_ten_thousand_clients(endpoint: PayloadEnd
     """Failures from 12,000 addresses leave at most 10,000 tracked, the newest among them."""
     for n in range(12_000):
         call(endpoint, headers={}, remote=f"10.{n >> 16}.{(n >> 8) & 255}.{n & 255}")
-    tracker = endpoint._failures
+    tracker = endpoint.failures
     assert len(tracker) == 10_000
     for _ in range(10):
         call(endpoint, headers={}, remote="10.0.46.223")  # n = 11_999, still tracked
