@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -510,7 +511,7 @@ def test_a_drained_spool_is_rebuilt_and_keeps_its_identity_ids_and_counters(
         assert os.path.getsize(spool_path) < 64 * 4096
         assert s.append(make_entry(30_000))
         stats = s.stats()
-    with sqlite3.connect(spool_path) as con:
+    with contextlib.closing(sqlite3.connect(spool_path)) as con:
         assert con.execute("SELECT max(id) FROM entries").fetchone()[0] == 30_001
         app_id = con.execute("PRAGMA application_id").fetchone()[0]
         assert con.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
