@@ -12,7 +12,6 @@ import pytest
 
 import spooler
 from spooler import config as config_module
-from spooler import reporter
 from spooler.config import (
     CODE_ONLY_OPTIONS,
     DEFAULT_ENDPOINT,
@@ -267,7 +266,6 @@ SAME_EVERYWHERE = [
 def no_reporter() -> Iterator[None]:
     yield
     spooler.shutdown(timeout=0.5)
-    reporter._reporter = None
 
 
 @pytest.mark.parametrize(("option", "written", "meant"), SAME_EVERYWHERE)

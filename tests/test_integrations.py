@@ -25,7 +25,6 @@ from flask import Flask
 import spooler
 from examples.outbox_app import CUSTOMERS, OutboxApp
 from spooler import config as config_module
-from spooler import reporter
 from spooler.config import Config
 from spooler.integrations import start_once
 from spooler.integrations.fastapi import mount_payload_endpoint as mount_asgi
@@ -44,7 +43,6 @@ REPO = Path(__file__).resolve().parents[1]
 def _clean_reporter() -> Iterator[None]:
     yield
     spooler.shutdown(timeout=0.5)
-    reporter._reporter = None
 
 
 @pytest.fixture
@@ -168,10 +166,11 @@ def test_fastapi_lifespan_starts_reports_and_shuts_down(
     def create_order() -> dict[str, int]:
         return {"order_id": shop.place_order(EMAIL, 1250)}
 
-    assert spooler.get_reporter() is None  # nothing happens before startup
+    before = spooler.get_reporter()  # another test's, shut down, or None
+    assert before is None or not before.active  # nothing runs before startup
     with serve(app) as base_url, httpx.Client(base_url=base_url) as client:
         running = spooler.get_reporter()
-        assert running is not None and running.active
+        assert running is not None and running is not before and running.active
         assert client.post("/orders").json() == {"order_id": 1}
         assert wait_for(lambda: arrived(receiver, 1))
         assert client.get("/eventengine/events/1").status_code == 401

@@ -56,8 +56,6 @@ def counters(path: str) -> dict[str, int]:
 def _clean_reporter() -> Iterator[None]:
     yield
     spooler.shutdown(timeout=0.5)
-    # Back to "never configured": no public call forgets the process's reporter.
-    reporter._reporter = None
 
 
 @pytest.fixture
