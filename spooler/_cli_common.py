@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from spooler.config import Config
 from spooler.errors import ConfigError
@@ -21,6 +21,14 @@ from spooler.errors import ConfigError
 # Every command logs as spooler.cli, whichever module it lives in: -v's lines and the
 # tests' caplog name that logger.
 logger = logging.getLogger("spooler.cli")
+
+
+class Out(Protocol):
+    """How a command writes to the terminal: stdout, or stderr with ``err=True``.
+    cli.py owns the one implementation; commands never print themselves."""
+
+    def __call__(self, text: str, *, err: bool = False) -> None: ...
+
 
 EXIT_OK = 0
 EXIT_LEFT = 1  # ship --once: something still waits; status: there is no spool

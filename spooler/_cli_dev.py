@@ -7,13 +7,12 @@ import errno
 import os
 import signal
 import sqlite3
-import sys
 
-from spooler._cli_common import EXIT_OK, UserError
+from spooler._cli_common import EXIT_OK, Out, UserError
 from spooler.config import ENV_VARS, env_value
 
 
-def cmd_receive(args: argparse.Namespace) -> int:
+def cmd_receive(args: argparse.Namespace, out: Out) -> int:
     """``receive``: a local stand-in for the Cloud ingest API until Ctrl-C or SIGTERM."""
     from spooler.receiver import Faults, Receiver
 
@@ -56,10 +55,9 @@ def cmd_receive(args: argparse.Namespace) -> int:
         nonlocal listening
         listening = True
         source = ENV_VARS["api_key"] if env_key else "--dev-key"
-        print(
+        out(
             f"receiving on {r.url} (key from {source}); storing in {r.db_path}; Ctrl-C stops",
-            file=sys.stderr,
-            flush=True,
+            err=True,
         )
 
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -93,7 +91,7 @@ def _cannot_listen(host: str, port: int, exc: OSError) -> str:
     return f"cannot listen on {where} ({reason}); --host must be an address of this machine"
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def cmd_demo(args: argparse.Namespace, out: Out) -> int:
     """``demo``: the example app, a local receiver and the shipper, then a summary."""
     from spooler.demo import run_demo
 
@@ -103,5 +101,5 @@ def cmd_demo(args: argparse.Namespace) -> int:
         workdir=args.workdir,
         fail_share=args.fail_share,
         quiet=args.verbose < 0,
-        out=lambda line: print(line, flush=True),
+        out=out,
     )

@@ -13,7 +13,7 @@ import textwrap
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from spooler._cli_common import EXIT_USAGE
+from spooler._cli_common import EXIT_USAGE, Out
 from spooler._cli_dev import cmd_demo, cmd_receive
 from spooler._cli_ship import cmd_ship
 from spooler._cli_status import cmd_status
@@ -289,7 +289,7 @@ def _demo_flags(demo: argparse.ArgumentParser) -> None:
     )
 
 
-_Run = Callable[[argparse.Namespace], int]
+_Run = Callable[[argparse.Namespace, Out], int]
 _AddFlags = Callable[[argparse.ArgumentParser], None]
 
 #: command -> (the function that runs it, the one that adds its flags), in --help's order

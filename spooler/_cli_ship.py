@@ -9,6 +9,7 @@ from spooler._cli_common import (
     EXIT_LEFT,
     EXIT_LOCKED,
     EXIT_OK,
+    Out,
     UserError,
     config_from_args,
     dir_overrides,
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 _NO_KEY = f"no API key; set {ENV_VARS['api_key']} (nothing shipped)"
 
 
-def cmd_ship(args: argparse.Namespace) -> int:
+def cmd_ship(args: argparse.Namespace, out: Out) -> int:
     """``ship``: one shipper for one spool, holding its lock; ``--spool-dir`` goes to the node."""
     from spooler.shipper import BACKOFF_MAX, Shipper
 

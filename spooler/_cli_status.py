@@ -9,26 +9,33 @@ import sqlite3
 import time
 from typing import Any
 
-from spooler._cli_common import EXIT_LEFT, EXIT_OK, UserError, config_from_args, dir_overrides
+from spooler._cli_common import (
+    EXIT_LEFT,
+    EXIT_OK,
+    Out,
+    UserError,
+    config_from_args,
+    dir_overrides,
+)
 from spooler.config import ENV_VARS
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def cmd_status(args: argparse.Namespace, out: Out) -> int:
     """``status``: one spool's state as lines or ``--json``; ``--spool-dir`` lists a folder's."""
     from spooler.lock import holder_pid
     from spooler.stats import read_stats
     from spooler.timestamps import iso_epoch
 
     if args.spool_dir is not None:
-        return _status_dir(args)
+        return _status_dir(args, out)
     config = config_from_args(args)
     try:
         stats = read_stats(config.spool_path, max_bytes=config.spool_max_bytes)
     except FileNotFoundError:
         if args.json:
-            print(json.dumps({"path": config.spool_file, "exists": False}))
+            out(json.dumps({"path": config.spool_file, "exists": False}))
         else:
-            print(f"no spool at {config.spool_file}")
+            out(f"no spool at {config.spool_file}")
         return EXIT_LEFT
     except sqlite3.Error as exc:
         raise UserError(_unreadable(config.spool_file, exc)) from exc
@@ -38,7 +45,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     data["endpoint"] = config.endpoint
     data["enabled"] = config.enabled
     if args.json:
-        print(json.dumps(data, indent=2, sort_keys=True))
+        out(json.dumps(data, indent=2, sort_keys=True))
         return EXIT_OK
     c = stats.counters
     age = stats.oldest_age_seconds
@@ -66,11 +73,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"last delivery  {stats.last_delivery_at or 'never'}",
         f"last error     {last_error}",
     ]
-    print("\n".join(lines))
+    out("\n".join(lines))
     return EXIT_OK
 
 
-def _status_dir(args: argparse.Namespace) -> int:
+def _status_dir(args: argparse.Namespace, out: Out) -> int:
     """``status --spool-dir``: one line per spool in the folder and a total."""
     from spooler.lock import holder_pid
     from spooler.node import find_spools, identify
@@ -101,17 +108,17 @@ def _status_dir(args: argparse.Namespace) -> int:
     }
     if args.json:
         folder = os.path.abspath(args.spool_dir)
-        print(json.dumps({"folder": folder, "spools": rows, "total": total}, indent=2))
+        out(json.dumps({"folder": folder, "spools": rows, "total": total}, indent=2))
         return EXIT_OK
     for r in rows:
         pid = r["shipper_pid"]
-        print(
+        out(
             f"{os.path.basename(r['path'])}  waiting {r['depth']}, oldest "
             f"{_age(r['oldest_age_seconds'])}, {_size(r['bytes_on_disk'])}, "
             f"shipped {r['counters'].get('shipped', 0)}, dead letters {r['dead_letters']}, "
             f"shipper {f'pid {pid}' if pid else 'none'}"
         )
-    print(
+    out(
         f"total  {total['spools']} spools, waiting {total['waiting']}, oldest "
         f"{_age(total['oldest_age_seconds'])}, {_size(total['bytes_on_disk'])}, "
         f"shipped {total['shipped']}, dead letters {total['dead_letters']}"

@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     _setup_logging(verbose)
     try:
-        code: int = args.func(args)
+        code: int = args.func(args, _out)
         return code
     except UserError as exc:
         return _fail(args, str(exc), exc.code)
@@ -55,6 +55,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, sqlite3.Error) as exc:  # a file or folder the user pointed at
         hint = "" if args.verbose >= 2 else " (-vv shows the traceback)"
         return _fail(args, f"{_describe(exc)}{hint}", EXIT_USAGE)
+
+
+def _out(text: str, *, err: bool = False) -> None:
+    """The one place spooler's command line writes to the terminal (flushed: a pipe
+    reader sees each line as it is written)."""
+    print(text, file=sys.stderr if err else sys.stdout, flush=True)
 
 
 def _describe(exc: BaseException) -> str:

@@ -12,7 +12,7 @@ working directory, never touches ``sys.path``, and cannot pick up some other ins
 package named ``examples``. Where the file is absent (a wheel install) a small stand-in
 announces the same notifications without a database.
 
-Printing happens through the ``out`` callable (default: stdout), since this is a command.
+Lines go to the ``out`` callable (the command line passes its terminal writer; default: the log).
 
 At ~550 lines this module is past the ~500 others keep to: it is one command read top to
 bottom (the run, the summary, the two traffic producers), and the producers serve

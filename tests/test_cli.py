@@ -674,3 +674,16 @@ def test_a_shipper_killed_again_and_again_loses_nothing(
         stats = s.stats()
     assert stats.depth == 0
     assert stats.counters["shipped"] == stats.counters["appended"] == total
+
+
+def test_only_cli_py_writes_to_the_terminal() -> None:
+    """The library never prints; the command line writes through cli.py's one writer."""
+    import ast
+
+    package = Path(__file__).resolve().parents[1] / "spooler"
+    printing = set()
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "print":
+                printing.add(path.relative_to(package).as_posix())
+    assert printing == {"cli.py"}
