@@ -278,11 +278,7 @@ class Config:
         for name, var in ENV_VARS.items():
             if name in overrides or var not in env:
                 continue
-            try:
-                values[name] = parse_option(name, env[var])
-            except ConfigError as exc:
-                # Name the variable the user set, not just the option behind it.
-                raise ConfigError(name, f"{_message(exc)} (from {var})") from None
+            values[name] = env_value(name, env)
         if ENV_VARS["environment"] not in env:
             for var in _ENVIRONMENT_FALLBACKS:
                 if env.get(var, "").strip():
@@ -303,8 +299,15 @@ def env_value(name: str, environ: Mapping[str, str] | None = None) -> Any:
     """Option ``name`` as its environment variable sets it, parsed like every source
     (for ``api_key``: stripped, None when unset or blank); the other variables are not
     read. ``environ`` defaults to ``os.environ``."""
-    raw = (os.environ if environ is None else environ).get(ENV_VARS[name])
-    return None if raw is None else parse_option(name, raw)
+    var = ENV_VARS[name]
+    raw = (os.environ if environ is None else environ).get(var)
+    if raw is None:
+        return None
+    try:
+        return parse_option(name, raw)
+    except ConfigError as exc:
+        # Name the variable the user set, not just the option behind it.
+        raise ConfigError(name, f"{_message(exc)} (from {var})") from None
 
 
 def parse_option(name: str, value: Any) -> Any:
