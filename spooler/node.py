@@ -363,7 +363,7 @@ class NodeShipper:
 
     def _adopt(self, path: str, now: float) -> None:
         from spooler.config import Config
-        from spooler.shipper import Shipper
+        from spooler.shipper import SHIPPER_BUSY_TIMEOUT, Shipper
 
         why = identify(path)
         if why is not None:
@@ -383,7 +383,9 @@ class NodeShipper:
                 lock.release()
                 return
             config = Config.from_env(self._environ, **{**self._overrides, "spool_path": path})
-            spool = _TurnSpool(path, max_bytes=config.spool_max_bytes, busy_timeout=5.0)
+            spool = _TurnSpool(
+                path, max_bytes=config.spool_max_bytes, busy_timeout=SHIPPER_BUSY_TIMEOUT
+            )
             shipper = Shipper(
                 config,
                 spool=spool,

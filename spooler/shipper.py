@@ -64,6 +64,9 @@ logger = logging.getLogger(__name__)
 BACKOFF_INITIAL = 0.5  # seconds; the first wait is uniform in [0, 2 * BACKOFF_INITIAL]
 BACKOFF_MAX = 60.0  # seconds; also the interval between probes while the key is refused
 TROUBLE_LOG_INTERVAL = 300.0  # seconds between WARNINGs while the same trouble lasts
+# How long the shipper's spool waits for the write lock (acknowledging, dead-lettering):
+# it is never the host's thread, and a missed ack means the batch is sent again.
+SHIPPER_BUSY_TIMEOUT = 5.0
 _WATCH_TIMEOUT_MS = 1000  # the watcher reports it is in place within this long
 
 
@@ -142,7 +145,9 @@ class Shipper:
             raise ValueError("a Shipper needs config.api_key")
         self.config = config
         self._own_spool = spool is None
-        self.spool = spool or Spool.from_config(config, busy_timeout=5.0, quick_check=quick_check)
+        self.spool = spool or Spool.from_config(
+            config, busy_timeout=SHIPPER_BUSY_TIMEOUT, quick_check=quick_check
+        )
         self._client = client
         self._stop = threading.Event()
         self._wake = threading.Event()
