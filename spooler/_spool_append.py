@@ -198,7 +198,6 @@ class SpoolAppending(SpoolCore):
     def _insert_chunk(self, conn: sqlite3.Connection, chunk: list[tuple[str, str, str]]) -> None:
         sql = _insert_sql(len(chunk))
         params = [value for row in chunk for value in row]
-        size = sum(len(r[2]) + 16 for r in chunk)
         for _ in range(4):
             try:
                 conn.execute(sql, params)
@@ -206,6 +205,7 @@ class SpoolAppending(SpoolCore):
             except sqlite3.OperationalError as exc:
                 if not is_full(exc) or not conn.in_transaction:
                     raise  # SQLITE_FULL that rolled the transaction back: drop, counted
+                size = sum(len(r[2]) + 16 for r in chunk)  # only when room must be made
                 if not self._at_cap(conn, size) or not self._evict_bytes(conn, size, len(chunk)):
                     raise  # a full disk, not our cap: drop rather than evict
         raise sqlite3.OperationalError("database or disk is full")
