@@ -661,12 +661,6 @@ class Shipper:
         cap during an outage are not sent (they are counted as evicted, and must not
         arrive too); None when none is left.
         """
-        stop: Any = tenacity.stop_when_event_set(self._stop)
-        if final:
-            stop = tenacity.stop_after_attempt(1)
-        elif self._max_attempts is not None:
-            stop = stop | tenacity.stop_after_attempt(self._max_attempts)
-
         failures: list[BaseException] = []
         current: _Request | None = None
         attempts = 0
@@ -699,16 +693,36 @@ class Shipper:
             self._trouble(_describe(exc))
             logger.debug("delivery failed (%s); retrying in %.1f s", _describe(exc), wait)
 
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(TransientDeliveryError),
-            wait=_Wait(self._backoff_initial, self._backoff_max),
-            stop=stop,
-            sleep=self._sleep,
-            before_sleep=before_sleep,
-            reraise=True,
-        )
+        first: TransientDeliveryError | None = None
+
+        def again() -> None:
+            nonlocal first
+            if first is not None:  # the failure of the try made before tenacity
+                failed, first = first, None
+                raise failed
+            attempt()
+
         try:
-            retrying(attempt)
+            try:
+                # Most batches go through on the first try: that one costs no tenacity
+                # machinery. Its failure is replayed as tenacity's first attempt, so the
+                # waits, the stop conditions and the retry count stay tenacity's.
+                attempt()
+            except TransientDeliveryError as exc:
+                first = exc
+                stop: Any = tenacity.stop_when_event_set(self._stop)
+                if final:
+                    stop = tenacity.stop_after_attempt(1)
+                elif self._max_attempts is not None:
+                    stop = stop | tenacity.stop_after_attempt(self._max_attempts)
+                tenacity.Retrying(
+                    retry=tenacity.retry_if_exception_type(TransientDeliveryError),
+                    wait=_Wait(self._backoff_initial, self._backoff_max),
+                    stop=stop,
+                    sleep=self._sleep,
+                    before_sleep=before_sleep,
+                    reraise=True,
+                )(again)
         except _Stopped:
             if failures:
                 raise failures[-1] from None

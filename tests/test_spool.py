@@ -542,3 +542,39 @@ def test_a_large_live_spool_gives_space_back_in_bounded_steps(spool_path: str) -
     steps = [before - after for before, after in itertools.pairwise(sizes)]
     # 1,024 pages per call, plus the pointer-map page that goes with them.
     assert all(0 < step <= 1030 * 4096 for step in steps), steps
+
+
+_STOCK = json.JSONEncoder(separators=(",", ":"))
+_JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()  # NaN and infinities included: the stock encoder writes them too
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(st.dictionaries(st.text(), _JSON_VALUES, max_size=16))
+@settings(max_examples=300, deadline=None)
+def test_a_stored_row_holds_the_text_the_stock_json_encoder_writes(entry: dict) -> None:
+    from spooler.spool import encode_row
+
+    entry["timestamp"] = "2026-11-29T10:00:00.000Z"
+    _kind, created, text = encode_row(entry)
+    assert text == _STOCK.encode(entry)
+    assert created == "2026-11-29T10:00:00.000Z"
+
+
+def test_an_entry_json_cannot_encode_raises_the_stock_encoders_error() -> None:
+    from spooler.spool import encode_row
+
+    looped: dict = {"status": "emitted"}
+    looped["self"] = looped
+    with pytest.raises(ValueError, match="Circular reference"):
+        encode_row(looped)
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        encode_row({"status": "emitted", "when": object()})
+    # The encoder is not left in a bad state by a failure.
+    assert encode_row({"status": "emitted", "n": 1})[2] == '{"status":"emitted","n":1}'
