@@ -200,6 +200,43 @@ def test_a_partial_batch_waits_exactly_flush_interval(receiver: Receiver, spool:
     assert [r["entries"] for r in event_requests(receiver)] == [3, 5]
 
 
+def test_the_loop_maintains_the_spool_at_most_every_maintain_interval(
+    receiver: Receiver, spool: Spool
+) -> None:
+    """drain() gives freed pages back at once; the loop (tick) at most every
+    MAINTAIN_INTERVAL, at its next cycle once that has passed (a heartbeat's, here)."""
+    from spooler.shipper import MAINTAIN_INTERVAL
+
+    def freed_pages() -> int:
+        with closing(sqlite3.connect(f"file:{spool.path}?mode=ro", uri=True)) as conn:
+            return int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+
+    def fill(start: int) -> None:  # ~1.5 MiB of rows: far more than maintain()'s 64-page floor
+        spool.append_many([make_entry(i) for i in range(start, start + 4000)])
+
+    mono = FakeClock(100.0)
+    fill(0)
+    with shipping(
+        receiver, spool, batch_size=500, flush_interval=30.0, watch=False, clock=mono
+    ) as shipper:
+        assert shipper.drain().shipped == 4000
+        assert freed_pages() == 0  # drained, then maintained at once
+
+        fill(4000)
+        mono.now += 1.0
+        shipper.tick()  # full batches are due: all go; maintained moments ago, so not now
+        assert receiver.entry_count() == 8000
+        assert freed_pages() > 64
+
+        mono.now += MAINTAIN_INTERVAL
+        shipper.tick()  # nothing waits and no heartbeat is due: no cycle, nothing done
+        assert freed_pages() > 64
+
+        mono.now += 30.0
+        shipper.tick()  # the heartbeat's cycle: past the interval, so it maintains
+        assert freed_pages() == 0
+
+
 def test_without_watching_new_rows_are_found_by_polling(receiver: Receiver, spool: Spool) -> None:
     """With watch=False the loop polls, so a full batch still goes long before flush_interval."""
     with shipping(receiver, spool, batch_size=5, flush_interval=60.0, watch=False) as shipper:
