@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from spooler._cli_common import (
     EXIT_LEFT,
@@ -16,11 +17,16 @@ from spooler._cli_common import (
     logger,
     stop_on_signals,
 )
+from spooler._threads import start_thread
 from spooler.config import ENV_VARS
 from spooler.errors import ShipperLockedError
 
 if TYPE_CHECKING:
     from spooler.shipper import Shipper
+
+_T = TypeVar("_T")
+# The longest a SIGTERM the kernel handed to another thread waits for the main thread.
+_SIGNAL_SLICE = 0.2
 
 _NO_KEY = f"no API key; set {ENV_VARS['api_key']} (nothing shipped)"
 
@@ -70,8 +76,8 @@ def cmd_ship(args: argparse.Namespace, out: Out) -> int:
     )
     try:
         if args.once:
-            return _ship_once(shipper)
-        shipper.run()
+            return _on_a_thread(lambda: _ship_once(shipper))
+        _on_a_thread(shipper.run)
         return EXIT_OK
     finally:
         shipper.close()
@@ -101,8 +107,36 @@ def _ship_dir(args: argparse.Namespace) -> int:
         node.config.batch_size,
         node.config.flush_interval,
     )
-    node.run()
+    _on_a_thread(node.run)
     return EXIT_OK
+
+
+def _on_a_thread(work: Callable[[], _T]) -> _T:
+    """``work()`` on a thread of spooler's, while the main thread waits in short joins.
+
+    Python runs signal handlers on the main thread only, between bytecodes. With the
+    shipper on the main thread, a SIGTERM that the kernel handed to another thread of the
+    process waited until the socket read of a hanging request timed out (5 s; seen in CI,
+    twice in one run). Here the main thread is idle in a join: it takes the signal itself,
+    or runs the handler within ``_SIGNAL_SLICE`` of another thread catching it.
+    """
+    outcome: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, work()))
+        except BaseException as exc:  # handed to the main thread, raised there
+            outcome.append((False, exc))
+
+    thread = start_thread(run, "spooler.ship")
+    if thread is None:  # the interpreter is shutting down: no new thread
+        return work()
+    while thread.is_alive():
+        thread.join(_SIGNAL_SLICE)
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
 
 
 def _ship_once(shipper: Shipper) -> int:
