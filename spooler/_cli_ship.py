@@ -117,8 +117,10 @@ def _on_a_thread(work: Callable[[], _T]) -> _T:
     Python runs signal handlers on the main thread only, between bytecodes. With the
     shipper on the main thread, a SIGTERM that the kernel handed to another thread of the
     process waited until the socket read of a hanging request timed out (5 s; seen in CI,
-    twice in one run). Here the main thread is idle in a join: it takes the signal itself,
-    or runs the handler within ``_SIGNAL_SLICE`` of another thread catching it.
+    twice in one run). spooler's own threads are created with the signals blocked (see
+    ``start_thread``), but threads it does not create (``--metrics-port``'s server) are
+    not. Here the main thread is idle in a join: it takes the signal itself, or runs the
+    handler within ``_SIGNAL_SLICE`` of another thread catching it.
     """
     outcome: list[tuple[bool, Any]] = []
 

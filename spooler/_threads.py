@@ -10,7 +10,6 @@ the caller does without.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import signal
 import threading
@@ -22,18 +21,26 @@ _QUIET = {signal.SIGTERM, signal.SIGINT}
 
 
 def start_thread(target: Callable[[], object], name: str) -> threading.Thread | None:
-    """Start ``target`` in a daemon thread called ``name``; None if no thread may start."""
+    """Start ``target`` in a daemon thread called ``name``; None if no thread may start.
 
-    def run() -> None:
-        with contextlib.suppress(AttributeError, ValueError, OSError):
-            signal.pthread_sigmask(signal.SIG_BLOCK, _QUIET)
-        target()
-
-    thread = threading.Thread(target=run, name=name, daemon=True)
+    The thread is created with SIGTERM and SIGINT already blocked: the creating thread
+    blocks them around ``start()`` (a new thread inherits its creator's mask) and then
+    puts its own mask back. Blocking them from inside the new thread left a window, until
+    that thread first held the GIL, in which the kernel could hand it a signal that only
+    the main thread can act on.
+    """
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    try:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _QUIET)
+    except (AttributeError, ValueError, OSError):  # no pthread_sigmask on this platform
+        previous = None
     try:
         thread.start()
     except RuntimeError:  # "can't create new thread at interpreter shutdown"
         return None
+    finally:
+        if previous is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     return thread
 
 

@@ -179,6 +179,38 @@ def test_background_mode_commits_in_groups_from_the_writer_thread(path: str) -> 
     assert all(e["status"] == "emitted" for e in entries)
 
 
+def test_spoolers_threads_block_sigterm_and_sigint_before_running_any_code(path: str) -> None:
+    """Attacks "signals reach the host's main thread": each of spooler's threads already
+    blocks SIGTERM and SIGINT when it runs its first Python call (a trace hook reads the
+    mask there), so the kernel can never hand one of them a signal only the main thread
+    can handle."""
+    import signal
+
+    seen: dict[str, set[int]] = {}
+
+    def first_call(_frame: object, _event: str, _arg: object) -> None:
+        name = threading.current_thread().name
+        # The receiver here is the test's Cloud, not part of the host's reporter.
+        if name.startswith("spooler.") and not name.startswith("spooler.receiver"):
+            seen.setdefault(name, set(signal.pthread_sigmask(signal.SIG_BLOCK, [])))
+
+    threading.settrace(first_call)  # type: ignore[arg-type]
+    try:
+        with Receiver(api_key=KEY) as cloud:
+            spooler.configure(api_key=KEY, spool_path=path, endpoint=cloud.url, batch_size=1)
+            assert spooler.start() is True
+            assert spooler.track_emit(event(1)) is True
+            assert wait_for(lambda: cloud.entry_count() == 1)  # writer, shipper, client
+            spooler.shutdown()
+    finally:
+        threading.settrace(None)  # type: ignore[arg-type]
+    assert {"spooler.writer", "spooler.shipper", "spooler.client.deadline"} <= set(seen), seen
+    for name, blocked in seen.items():
+        assert {signal.SIGTERM, signal.SIGINT} <= blocked, name
+    # The thread that started them got its own mask back.
+    assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
 def test_nothing_outside_the_allowlist_reaches_the_spool(path: str) -> None:
     """payload, metadata and unknown keys in a notification never reach the file."""
     spooler.configure(api_key=KEY, spool_path=path, ship_in_process=False)
