@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import functools
-import os
 import random
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from spooler._process import this_pid
 from spooler._spool_core import (
     _INSERT_ONE,
     SpoolCore,
@@ -126,7 +126,7 @@ class SpoolAppending(SpoolCore):
                     if size > self._hard_wal:
                         raise _WalFull
                 # _locked without the generator: this is the host's hot path.
-                if self._pid != os.getpid():
+                if self._pid != this_pid():
                     self._after_fork()
                 lock = self._lock
                 if not lock.acquire(timeout=max(0.0, deadline - time.monotonic())):

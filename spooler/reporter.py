@@ -42,6 +42,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from spooler import hooks
+from spooler._process import this_pid
 from spooler._threads import start_thread
 from spooler._version import __version__
 from spooler.config import Config
@@ -137,7 +138,7 @@ class Reporter:
         """Open the spool and start the threads in this process now, if not yet."""
         if not self.active:
             return False
-        if self._pid != os.getpid():
+        if self._pid != this_pid():
             self._start_here()
         return self._spool is not None
 
@@ -220,7 +221,7 @@ class Reporter:
         self._closed = True
         self.active = False
         hooks.unsubscribe(self)
-        if self._pid != os.getpid():
+        if self._pid != this_pid():
             return True  # nothing was started in this process
         self._stop.set()
         self._wake.set()
@@ -309,7 +310,7 @@ class Reporter:
         """
         timeout = self.config.shutdown_timeout if timeout is None else timeout
         try:
-            if not self.active or self._pid != os.getpid() or self._spool is None:
+            if not self.active or self._pid != this_pid() or self._spool is None:
                 return True  # nothing was started (or buffered) in this process
             deadline = time.monotonic() + max(0.0, timeout)
             self._flush_buffer(timeout=max(0.0, min(timeout, WRITER_BUSY_TIMEOUT)))
@@ -364,7 +365,7 @@ class Reporter:
         """This process's spool, starting the reporter here on its first event."""
         if not self.active:
             return None
-        if self._pid != os.getpid():
+        if self._pid != this_pid():
             self._start_here()
         return self._spool
 
@@ -496,7 +497,7 @@ class Reporter:
                     spool.flush_counters(timeout=0.5)
                     if self._host_spool is not None:
                         self._host_spool.flush_counters(timeout=0.5)
-                    spool.checkpoint()
+                    spool.checkpoint(pause=self._host_spool)
                     if self._schemas_dirty:
                         self._schemas_dirty = False
                         spool.set_meta({"schema_fingerprints": json.dumps(self._schemas)})

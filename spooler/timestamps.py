@@ -172,23 +172,44 @@ def _format(moment: datetime) -> str:
 
 
 # The form every entry carries; a value already in it is kept as it is, not re-parsed.
-_CANONICAL = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-2][0-9]:[0-5][0-9]:[0-5][0-9]\.[0-9]{3}Z")
+_CANONICAL_MINUTE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-2][0-9]:[0-5][0-9]:")
 
 
 def instant(value: object) -> tuple[str, int] | None:
     """``value`` as (ISO 8601 UTC text with milliseconds, epoch milliseconds), or None."""
     if value is None:
         return None
-    if type(value) is str and len(value) == 24 and _CANONICAL.fullmatch(value):
-        days = _epoch_days(value[:10])
-        hour = int(value[11:13])
-        if days is not None and hour < 24:
-            seconds = ((days * 24 + hour) * 60 + int(value[14:16])) * 60 + int(value[17:19])
-            return value, seconds * 1000 + int(value[20:23])
+    # The canonical form (2026-01-15T10:30:00.123Z) is kept as it is: its minute is
+    # read once (cached) and only the seconds and milliseconds are read per call.
+    if (
+        type(value) is str
+        and len(value) == 24
+        and value[19] == "."
+        and value[23] == "Z"
+        and value.isascii()
+    ):
+        minute = _minute_ms(value[:17])
+        tail = value[17:19] + value[20:23]  # SSmmm
+        if minute is not None and tail.isdigit():
+            millis = int(tail)
+            if millis < 60_000:
+                return value, minute + millis
     moment = _to_utc(value)
     if moment is None:
         return None
     return _format(moment), (moment - _EPOCH) // _MS
+
+
+@lru_cache(maxsize=256)
+def _minute_ms(prefix: str) -> int | None:
+    """Epoch milliseconds of a canonical ``YYYY-MM-DDTHH:MM:`` prefix, or None."""
+    if not _CANONICAL_MINUTE.fullmatch(prefix):
+        return None
+    days = _epoch_days(prefix[:10])
+    hour = int(prefix[11:13])
+    if days is None or hour >= 24:
+        return None
+    return ((days * 24 + hour) * 60 + int(prefix[14:16])) * 60_000
 
 
 @lru_cache(maxsize=256)

@@ -455,6 +455,42 @@ def test_isoformat_output_reads_back_as_the_same_instant(
     assert to_iso(moment.isoformat(separator, timespec)) == to_iso(written)
 
 
+def _canonical_shapes() -> st.SearchStrategy[str]:
+    # Every field a little past its range, and sometimes one character replaced by
+    # another digit (non-ASCII ones too) or a letter.
+    fields = st.tuples(
+        st.integers(0, 9999),
+        st.integers(0, 13),
+        st.integers(0, 32),
+        st.integers(0, 29),
+        st.integers(0, 61),
+        st.integers(0, 61),
+        st.integers(0, 999),
+    ).map(lambda f: "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % f)  # noqa: UP031
+
+    def replace(text: str, at: int, char: str | None) -> str:
+        return text if char is None else text[:at] + char + text[at + 1 :]
+
+    odd = st.sampled_from([None, None, None, "\u0663", "\uff11", "a", " ", ":", "5", "9"])
+    return st.builds(replace, fields, st.integers(0, 23), odd)
+
+
+@settings(database=None, deadline=None, max_examples=2000)
+@given(_canonical_shapes())
+def test_the_canonical_fast_path_reads_what_the_parser_reads(text: str) -> None:
+    """instant() reads a text of the canonical shape (its minute cached) exactly as the
+    general parser does: the same text and epoch milliseconds, or None for the same
+    texts (2026-02-30, hour 24, second 60, non-ASCII digits)."""
+    from spooler import timestamps
+
+    moment = timestamps._to_utc(text)
+    expected = None
+    if moment is not None:
+        expected = (timestamps._format(moment), (moment - timestamps._EPOCH) // timestamps._MS)
+    assert timestamps.instant(text) == expected
+    assert timestamps.instant(text) == expected  # the minute now comes from the cache
+
+
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="fromisoformat() reads ISO 8601 from 3.11")
 @settings(database=None, deadline=None, max_examples=1000)
 @given(iso_texts())

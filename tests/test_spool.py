@@ -14,13 +14,14 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from spooler.errors import SpoolBusyError, SpoolError
-from spooler.spool import SCHEMA_VERSION, Spool
+from spooler.spool import SCHEMA_VERSION, Spool, encode_row
 from tests.conftest import files_size, make_entry
 
 # -- order and acknowledgement ----------------------------------------------------
@@ -366,14 +367,27 @@ def test_four_processes_append_while_a_reader_acks_in_order(spool_path: str) -> 
     assert stats.counters["shipped"] == 20_000 and stats.depth == 0
 
 
-def test_a_forked_child_gets_its_own_connection(spool: Spool) -> None:
-    """After os.fork the child appends through a fresh connection; the parent's keeps working."""
+def _libc_fork() -> int:
+    # fork(2) straight from C, as uWSGI without enable-threads does: Python's at-fork
+    # hooks do not run, so only the kernel can tell the child it is one.
+    import ctypes
+
+    return int(ctypes.PyDLL(None).fork())
+
+
+@pytest.mark.parametrize("fork", [os.fork, _libc_fork], ids=["os.fork", "libc-fork-no-hooks"])
+def test_a_forked_child_gets_its_own_connection(spool: Spool, fork: Callable[[], int]) -> None:
+    """After a fork the child appends through a fresh connection; the parent's keeps
+    working. Also when the fork ran none of Python's at-fork hooks."""
     spool.append(make_entry(1))
-    pid = os.fork()
+    inherited = spool._conn
+    pid = fork()
     if pid == 0:  # pragma: no cover - child
         code = 0
         try:
             code = 0 if spool.append_many([make_entry(2)], timeout=5.0) == 1 else 1
+            if spool._conn is inherited or spool._pid != os.getpid():
+                code = 3  # it wrote through the parent's connection
             spool.close()
         except BaseException:
             code = 2
@@ -578,3 +592,71 @@ def test_an_entry_json_cannot_encode_raises_the_stock_encoders_error() -> None:
         encode_row({"status": "emitted", "when": object()})
     # The encoder is not left in a bad state by a failure.
     assert encode_row({"status": "emitted", "n": 1})[2] == '{"status":"emitted","n":1}'
+
+
+# -- immediate mode's WAL: checkpoints that pause the host's connection -----------------
+
+
+def _fill_past_soft_limit(host: Spool) -> None:
+    deadline = time.monotonic() + 10
+    i = 0
+    while not host.wal_over():
+        assert host.append_now(encode_row(make_entry(i)), deadline=deadline)
+        i += 1
+
+
+def test_a_checkpoint_that_pauses_the_host_holds_its_writers_and_restarts_the_wal(
+    spool_path: str,
+) -> None:
+    """checkpoint(pause=host) runs while the host's connection may not write, so every
+    frame is copied and the host's next commit starts the WAL over at its start: the
+    file goes back to journal_size_limit instead of growing (what makes an immediate
+    append cost what a plain autocommit INSERT costs)."""
+    host = Spool(spool_path, max_bytes=1 << 20, busy_timeout=0.0, checkpoints=False)
+    writer = Spool(spool_path, max_bytes=1 << 20)
+    try:
+        _fill_past_soft_limit(host)
+        grown = os.path.getsize(spool_path + "-wal")
+        held: list[bool] = []
+        real = writer._checkpoint
+
+        def watched(conn: sqlite3.Connection, mode: str) -> None:
+            held.append(host._lock.locked())
+            real(conn, mode)
+
+        writer._checkpoint = watched  # type: ignore[method-assign]
+        writer.checkpoint(pause=host)
+        assert held == [True]
+        assert not host._lock.locked()
+        assert host.append_now(encode_row(make_entry(-1)), deadline=time.monotonic() + 5)
+        limit = host._wal_pages * 4096  # journal_size_limit
+        assert os.path.getsize(spool_path + "-wal") <= limit < grown
+        assert writer.stats().depth == writer.stats().counters["appended"]
+    finally:
+        host.close()
+        writer.close()
+
+
+def test_a_checkpoint_runs_without_the_pause_when_the_host_holds_its_lock(
+    spool_path: str,
+) -> None:
+    """A host thread holding its connection past PAUSE_WAIT does not stop the checkpoint."""
+    from spooler import _spool_core
+
+    host = Spool(spool_path, max_bytes=1 << 20, busy_timeout=0.0, checkpoints=False)
+    writer = Spool(spool_path, max_bytes=1 << 20)
+    try:
+        _fill_past_soft_limit(host)
+        with host._lock:
+            started = time.monotonic()
+            writer.checkpoint(pause=host)
+            waited = time.monotonic() - started
+        assert waited >= _spool_core.PAUSE_WAIT * 0.9
+        # Copied without the pause: nothing appended meanwhile, so the next commit
+        # still starts the WAL over.
+        grown = os.path.getsize(spool_path + "-wal")
+        assert host.append_now(encode_row(make_entry(-1)), deadline=time.monotonic() + 5)
+        assert os.path.getsize(spool_path + "-wal") < grown
+    finally:
+        host.close()
+        writer.close()
