@@ -129,7 +129,9 @@ class SpoolAppending(SpoolCore):
                 if self._pid != this_pid():
                     self._after_fork()
                 lock = self._lock
-                if not lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                if not lock.acquire(False) and not lock.acquire(
+                    timeout=max(0.0, deadline - time.monotonic())
+                ):
                     raise SpoolBusyError("spool is busy in this process")
                 try:
                     conn = self._conn

@@ -254,7 +254,9 @@ class Shipper:
     def notify(self) -> None:
         """Wake the loop now (called after an in-process commit)."""
         self._notified = True
-        self._wake.set()
+        wake = self._wake
+        if not wake.is_set():  # set() takes a lock and notifies: once per wake-up is enough
+            wake.set()
 
     def stop(self, flush_timeout: float = 0.0, join_timeout: float | None = None) -> bool:
         """Stop, first spending up to ``flush_timeout`` s delivering what waits.
