@@ -365,13 +365,24 @@ class SpoolCore:
     def _wal_size_fast(self) -> int:
         """The WAL's size through a descriptor kept open on it: one lseek (a path lookup
         costs 4 us on a small VM). SQLite puts no locks on the -wal file, so this
-        descriptor cannot disturb them; it is opened anew every 64 looks, in case the
-        WAL was removed and created again meanwhile."""
+        descriptor cannot disturb them. Every 64 looks it is pointed at the path anew,
+        in case the WAL was removed and created again meanwhile: with dup2, so the
+        number another host thread may be using at that moment never names a closed
+        descriptor (or a file some other code opened in its place)."""
         self._wal_looks += 1
         fd = self._wal_fd
-        if fd is not None and (self._wal_looks & 63 == 0 or self._wal_fd_pid != this_pid()):
-            self._close_wal_fd()
+        if fd is not None and self._wal_fd_pid != this_pid():
+            self._close_wal_fd()  # the parent's: left alone (see _close_wal_fd)
             fd = None
+        elif fd is not None and self._wal_looks & 63 == 0:
+            try:
+                fresh = os.open(self._wal_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                return 0  # no WAL now; the old descriptor is looked at again next time
+            try:
+                os.dup2(fresh, fd, inheritable=False)
+            finally:
+                os.close(fresh)
         if fd is None:
             try:
                 fd = os.open(self._wal_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)

@@ -15,6 +15,8 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -660,3 +662,44 @@ def test_a_checkpoint_runs_without_the_pause_when_the_host_holds_its_lock(
     finally:
         host.close()
         writer.close()
+
+
+def test_the_wal_descriptor_is_renewed_without_ever_being_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every 64 looks the descriptor kept on the WAL is pointed at the path anew (the WAL
+    may have been made anew). Host threads read it without a lock, so its number must
+    name an open descriptor on a WAL at every moment: never closed, then reopened."""
+    path = str(tmp_path / "spool.db")
+    spool = Spool(path, lazy=True)  # only the -wal path is used here
+    wal = path + "-wal"
+    with open(wal, "wb") as f:
+        f.write(b"x" * 100)
+    try:
+        assert spool._wal_size_fast() == 100
+        kept = spool._wal_fd
+        assert kept is not None
+        os.remove(wal)
+        with open(wal, "wb") as f:
+            f.write(b"y" * 300)
+        real_open = os.open
+        open_while_renewing: list[bool] = []
+
+        def watching_open(*args: Any, **kwargs: Any) -> int:
+            try:
+                os.fstat(kept)
+                open_while_renewing.append(True)
+            except OSError:
+                open_while_renewing.append(False)
+            return real_open(*args, **kwargs)
+
+        monkeypatch.setattr(os, "open", watching_open)
+        sizes = [spool._wal_size_fast() for _ in range(63)]
+        assert sizes[:62] == [100] * 62  # the old file, until the 64th look
+        assert sizes[62] == 300
+        assert open_while_renewing == [True]
+        assert spool._wal_fd == kept
+        assert os.fstat(kept).st_ino == os.stat(wal).st_ino
+    finally:
+        monkeypatch.undo()
+        spool.close()
