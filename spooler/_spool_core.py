@@ -425,27 +425,24 @@ class SpoolCore:
         # restarts the WAL from its start. TRUNCATE (which holds writers back while
         # it waits for readers) only when the file itself has grown past its limit.
         mode = "TRUNCATE" if size > self._hard_wal else "PASSIVE"
-        held = None
-        if (
-            pause is not None
-            and pause._pid == this_pid()
-            and pause._lock.acquire(timeout=PAUSE_WAIT)
-        ):
-            held = pause._lock
         try:
             with self._locked(timeout) as conn:
-                # PASSIVE never waits: the paused writers wait for the copy only.
-                self._checkpoint(conn, "PASSIVE" if held is not None else mode)
-                if held is not None:
-                    held.release()
-                    held = None
-                    if mode != "PASSIVE":  # the file must shrink: wait for readers unpaused
-                        self._checkpoint(conn, mode)
+                held = (
+                    pause is not None
+                    and pause._pid == this_pid()
+                    and pause._lock.acquire(timeout=PAUSE_WAIT)
+                )
+                try:
+                    # PASSIVE never waits: the paused writers wait for the copy only.
+                    self._checkpoint(conn, "PASSIVE" if held else mode)
+                finally:
+                    if held:
+                        assert pause is not None
+                        pause._lock.release()
+                if held and mode != "PASSIVE":  # the file must shrink: wait for readers unpaused
+                    self._checkpoint(conn, mode)
         except Exception as exc:
             self._log_once("checkpoint", "spool checkpoint failed: %s", exc)
-        finally:
-            if held is not None:
-                held.release()
         return not self.wal_over()
 
     def _checkpoint(self, conn: sqlite3.Connection, mode: str) -> None:
