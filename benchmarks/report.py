@@ -432,10 +432,15 @@ def loadavg() -> str:
 
 
 def document(
-    res: dict[str, dict[str, Any]], quick: bool, seconds: float, plots: str, load: tuple[str, str]
+    res: dict[str, dict[str, Any]],
+    quick: bool,
+    seconds: float,
+    plots: str,
+    load: tuple[str, str],
+    where: str = HERE,
 ) -> str:
-    """The whole results.md."""
-    rel = os.path.relpath(plots, HERE)
+    """The whole results.md, written into the folder ``where`` (image links are relative)."""
+    rel = os.path.relpath(plots, where)
     out = []
     cmd = "python benchmarks/report.py" + (" --quick" if quick else "")
     out.append("# Benchmark results\n")
@@ -680,7 +685,14 @@ def main(argv: list[str] | None = None) -> int:
     if big:
         plot_rss(big, os.path.join(args.plots, "drain_rss.png"))
     seconds = time.monotonic() - started
-    text = document(results, args.quick, seconds, args.plots, (load_before, loadavg()))
+    text = document(
+        results,
+        args.quick,
+        seconds,
+        args.plots,
+        (load_before, loadavg()),
+        os.path.dirname(os.path.abspath(args.out)),
+    )
     with open(args.out, "w", encoding="utf-8") as f:
         f.write(text)
     failed = [n for n, r in results.items() if "error" in r]
