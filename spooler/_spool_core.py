@@ -149,7 +149,6 @@ class SpoolCore:
         self.busy_timeout = float(busy_timeout)
         self._wal_path = self.path + "-wal"
         self._wal_fd: int | None = None
-        self._wal_fd_pid = 0
         self._wal_looks = 0
         # The WAL's share of the cap. A write starts only while the WAL is under its
         # hard limit (1.5x the checkpoint threshold) and one transaction writes at
@@ -365,38 +364,33 @@ class SpoolCore:
     def _wal_size_fast(self) -> int:
         """The WAL's size through a descriptor kept open on it: one lseek (a path lookup
         costs 4 us on a small VM). SQLite puts no locks on the -wal file, so this
-        descriptor cannot disturb them. Every 64 looks it is pointed at the path anew,
-        in case the WAL was removed and created again meanwhile: with dup2, so the
-        number another host thread may be using at that moment never names a closed
-        descriptor (or a file some other code opened in its place)."""
+        descriptor cannot disturb them, and a forked child may go on using the copy it
+        inherited (it names the same file; closing it there closes the child's only).
+        Every 64 looks it is pointed at the path anew, in case the WAL was removed and
+        created again meanwhile: with dup2, so the number another host thread may be
+        using at that moment never names a closed descriptor (or a file some other code
+        opened in its place)."""
         self._wal_looks += 1
         fd = self._wal_fd
-        if fd is not None and self._wal_fd_pid != this_pid():
-            self._close_wal_fd()  # the parent's: left alone (see _close_wal_fd)
-            fd = None
-        elif fd is not None and self._wal_looks & 63 == 0:
-            try:
-                fresh = os.open(self._wal_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            except OSError:
-                return 0  # no WAL now; the old descriptor is looked at again next time
-            try:
-                os.dup2(fresh, fd, inheritable=False)
-            finally:
-                os.close(fresh)
-        if fd is None:
-            try:
-                fd = os.open(self._wal_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            except OSError:
-                return 0
-            self._wal_fd, self._wal_fd_pid = fd, this_pid()
         try:
+            if fd is None:
+                fd = self._wal_fd = self._open_wal()
+            elif self._wal_looks & 63 == 0:
+                fresh = self._open_wal()
+                try:
+                    os.dup2(fresh, fd, inheritable=False)
+                finally:
+                    os.close(fresh)
             return os.lseek(fd, 0, os.SEEK_END)
         except OSError:
-            return 0
+            return 0  # no WAL now (a kept descriptor is looked at again next time)
+
+    def _open_wal(self) -> int:
+        return os.open(self._wal_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
 
     def _close_wal_fd(self) -> None:
         fd, self._wal_fd = self._wal_fd, None
-        if fd is not None and self._wal_fd_pid == this_pid():
+        if fd is not None:
             with contextlib.suppress(OSError):
                 os.close(fd)
 

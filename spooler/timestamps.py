@@ -212,7 +212,6 @@ def _minute_ms(prefix: str) -> int | None:
     return ((days * 24 + hour) * 60 + int(prefix[14:16])) * 60_000
 
 
-@lru_cache(maxsize=256)
 def _epoch_days(day: str) -> int | None:
     """Days since 1970-01-01 of a ``YYYY-MM-DD`` date, or None for one that does not exist."""
     try:

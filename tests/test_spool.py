@@ -383,6 +383,7 @@ def test_a_forked_child_gets_its_own_connection(spool: Spool, fork: Callable[[],
     working. Also when the fork ran none of Python's at-fork hooks."""
     spool.append(make_entry(1))
     inherited = spool._conn
+    spool._wal_size_fast()  # the descriptor kept on the WAL crosses the fork too
     pid = fork()
     if pid == 0:  # pragma: no cover - child
         code = 0
@@ -390,6 +391,8 @@ def test_a_forked_child_gets_its_own_connection(spool: Spool, fork: Callable[[],
             code = 0 if spool.append_many([make_entry(2)], timeout=5.0) == 1 else 1
             if spool._conn is inherited or spool._pid != os.getpid():
                 code = 3  # it wrote through the parent's connection
+            if spool._wal_size_fast() != os.path.getsize(spool.path + "-wal"):
+                code = 4  # the inherited descriptor names another file
             spool.close()
         except BaseException:
             code = 2
