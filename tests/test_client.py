@@ -31,7 +31,7 @@ from spooler.errors import (
     TransientDeliveryError,
 )
 from spooler.receiver import Faults, Receiver
-from tests.conftest import wait_for
+from tests.conftest import reap, wait_for
 
 KEY = "sk_test_S3CRET_d41d8cd98f00b204"
 WRONG_KEY = "sk_test_WR0NG_e9800998ecf8427e"
@@ -227,10 +227,10 @@ def test_abort_in_a_forked_child_leaves_the_parents_connection_alone(
             code = 0
         finally:
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
+    [code] = reap([pid])
     client.send_entries([entry("e2")], idempotency_key="k2")
 
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert code == 0
     assert {r["connection"] for r in receiver.requests()} == {1}
 
 

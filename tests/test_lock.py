@@ -20,6 +20,7 @@ from spooler.cli import main
 from spooler.errors import SpoolError, UnsafeSpoolError
 from spooler.lock import ShipperLock, holder_pid, lock_path
 from spooler.spool import Spool
+from tests.conftest import reap
 
 _TRY_LOCK = textwrap.dedent(
     """
@@ -263,8 +264,7 @@ def test_a_forked_child_never_releases_the_parents_lock(spool_path: str) -> None
             code = 1 if lock.held else 0
             lock.release()
             os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
+        assert reap([pid]) == [0]
         assert lock.held
         assert other_process_locks(spool_path) == 3
     finally:

@@ -29,7 +29,7 @@ from spooler.receiver import Faults, Receiver
 from spooler.shipper import Shipper
 from spooler.spool import Spool, read_stats
 from tests.cloud import CountingCloud
-from tests.conftest import files_size, free_port, make_entry, wait_for
+from tests.conftest import files_size, free_port, make_entry, reap, wait_for
 
 KEY = "sk_test_PROMISES_5e1f0c"
 ROOT = Path(__file__).resolve().parent.parent
@@ -519,7 +519,7 @@ def test_forks_while_another_thread_writes_leave_children_able_to_write(
     finally:
         stop.set()
         thread.join()
-    codes = [os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) for p in children]
+    codes = reap(children)
     spool.close()
     assert codes == [0] * 10
     with closing(sqlite3.connect(spool_path)) as conn:

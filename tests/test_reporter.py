@@ -25,7 +25,7 @@ from spooler import hooks, reporter
 from spooler.lock import holder_pid
 from spooler.receiver import Receiver
 from spooler.serializer import schema_fingerprint
-from tests.conftest import wait_for
+from tests.conftest import reap, receiver_process, wait_for
 
 KEY = "test-key-7f3a9c"
 
@@ -565,7 +565,7 @@ def test_forked_children_each_get_their_own_writer_and_every_entry_arrives(path:
             finally:
                 os._exit(code)
         children.append(pid)
-    codes = [os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) for p in children]
+    codes = reap(children)
     spooler.shutdown()
     assert codes == [0, 0, 0]
     ids = [e["event_id"] for e in spooled(path)]
@@ -573,12 +573,15 @@ def test_forked_children_each_get_their_own_writer_and_every_entry_arrives(path:
     assert sorted(ids) == sorted(expected)
 
 
-def test_a_prefork_server_has_one_shipper_and_delivers_everything(path: str) -> None:
+def test_a_prefork_server_has_one_shipper_and_delivers_everything(
+    path: str, tmp_path: Path
+) -> None:
     """Four forked workers append; exactly one process ships; the receiver gets each once."""
     tried_r, tried_w = os.pipe()  # a byte from each worker that has tried for the ship lock
     go_r, go_w = os.pipe()  # then a byte to each: all have tried, carry on
-    with Receiver(api_key=KEY) as rcv:
-        spooler.configure(api_key=KEY, spool_path=path, endpoint=rcv.url, flush_interval=0.2)
+    # The receiver runs in a process of its own: see receiver_process.
+    with receiver_process(tmp_path, KEY) as (url, rcv):
+        spooler.configure(api_key=KEY, spool_path=path, endpoint=url, flush_interval=0.2)
         spooler.start()  # the "master": subscribes, starts nothing
         pids = []
         for w in range(4):
@@ -614,7 +617,7 @@ def test_a_prefork_server_has_one_shipper_and_delivers_everything(path: str) -> 
             os.write(go_w, b"x" * 4)  # never leave a worker waiting
             for fd in (tried_r, tried_w, go_r, go_w):
                 os.close(fd)
-        codes = [os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) for p in pids]
+        codes = reap(pids)
         assert tried == 4
         assert sorted(codes) == [10, 10, 10, 11]
         # whatever the last shipper left behind, a fresh one delivers

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from spooler.errors import SpoolBusyError, SpoolError
 from spooler.spool import SCHEMA_VERSION, Spool, encode_row
-from tests.conftest import files_size, make_entry
+from tests.conftest import files_size, make_entry, reap
 
 # -- order and acknowledgement ----------------------------------------------------
 
@@ -397,8 +397,7 @@ def test_a_forked_child_gets_its_own_connection(spool: Spool, fork: Callable[[],
         except BaseException:
             code = 2
         os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert reap([pid]) == [0]
     spool.append(make_entry(3))
     assert [r.entry["event_id"] for r in spool.read_batch(10)] == [1, 2, 3]
 
