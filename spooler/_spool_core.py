@@ -217,6 +217,13 @@ class SpoolCore:
         with self._locked(_OPEN_WAIT):
             pass
 
+    def first_sqlite_call(self) -> None:
+        """One SQLite call, under this spool's lock so that a fork waits for it (see
+        _before_fork). The reporter's writer thread makes it, so that no host thread
+        makes a process's first SQLite call."""
+        with self._lock:
+            sqlite3.connect(":memory:").close()
+
     def request_reopen(self) -> None:
         """Open the file anew on next use (another connection moved a damaged one aside)."""
         self._reopen = True

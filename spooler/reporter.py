@@ -36,6 +36,7 @@ import json
 import logging
 import math
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -85,6 +86,11 @@ IMMEDIATE_TIMEOUT = 0.5  # immediate mode: the longest the host waits for anothe
 MAX_BATCH_COUNT = 10**9  # a publish_batch count above this is not a batch size: invalid
 WRITER_BUSY_TIMEOUT = 1.0  # how long the writer thread may wait for it
 TAKEOVER_INTERVAL = 5.0  # how often a non-shipping process tries to take shipping over
+# Immediate mode's first calls in a process wait for the writer thread's open, up to
+# IMMEDIATE_TIMEOUT each and OPEN_GRACE in all; then they stop waiting (see _track_now).
+OPEN_GRACE = 5.0
+STUCK_AFTER = 10.0  # a writer that has not opened the spool by then is logged as stuck
+STUCK_LOG_INTERVAL = 300.0  # and again at most this often
 
 
 class Reporter:
@@ -103,7 +109,9 @@ class Reporter:
         self._spool: Spool | None = None  # the writer thread's connection
         self._host_spool: Spool | None = None  # immediate mode: the host threads' connection
         self._started_at = time.monotonic()
+        self._stuck_logged_at = 0.0  # when _log_if_stuck may log again
         self._ready = threading.Event()  # the writer thread has opened (and checked) the spool
+        self._sqlite_answers = threading.Event()  # a SQLite call returned in this process
         self._writer: threading.Thread | None = None
         self._shipper: Shipper | None = None
         self._closed = False
@@ -163,6 +171,7 @@ class Reporter:
             # Opened on first use by the writer thread, which runs quick_check
             # and the checkpoints, so the host's thread never pays for either.
             self._ready = threading.Event()
+            self._sqlite_answers = threading.Event()
             self._spool = Spool.from_config(
                 self.config, busy_timeout=WRITER_BUSY_TIMEOUT, lazy=True, quick_check=False
             )
@@ -228,6 +237,8 @@ class Reporter:
         writer = self._writer
         if writer is not None and writer is not threading.current_thread():
             writer.join(WRITER_BUSY_TIMEOUT + 1.0)
+        if not self._ready.is_set():
+            return self._abandon()
         self._flush_buffer(timeout=max(WRITER_BUSY_TIMEOUT, min(timeout, 5.0)))
         self._count_left_behind()
         if self._shipper is None:
@@ -245,6 +256,25 @@ class Reporter:
                 empty = empty and self._spool.peek(1)[0] == 0
             self._spool.close()
         return empty
+
+    def _abandon(self) -> bool:
+        """Shut down a process whose writer thread never opened the spool (see
+        _log_if_stuck). Nothing here may make this process's first SQLite call, a
+        final shipper's included: what waits in memory is counted as dropped."""
+        with self._writing:
+            left = len(self._buffer)
+            self._buffer.clear()
+        if self._spool is not None:
+            self._spool.count("dropped", left)
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
+        logger.warning(
+            "spooler stopped without having opened its spool; %d entries waiting in "
+            "memory are lost (counted as 'dropped')",
+            left,
+        )
+        return False
 
     def _count_left_behind(self) -> None:
         """Entries still in memory at shutdown (other writers held the spool all along)
@@ -396,6 +426,8 @@ class Reporter:
             buffer.append(item)
             if waiting >= GROUP_SIZE:
                 self._wake_writer()
+                if not self._ready.is_set():
+                    self._log_if_stuck()
                 if waiting >= self._yield_at:
                     # A host computing flat out starves the writer of the GIL
                     # (it waits 5 ms per hand-off). Past half the buffer, hand the
@@ -426,16 +458,49 @@ class Reporter:
                 spool.count("filtered")
                 return False
         deadline = time.monotonic() + IMMEDIATE_TIMEOUT
-        if not self._ready.is_set():
-            # The first calls of a process wait for the writer thread's open, so
-            # rows a damaged WAL lost are counted before any id is handed out again.
-            self._ready.wait(IMMEDIATE_TIMEOUT)
+        if not self._ready.is_set() and not self._wait_for_open():
+            spool.count("dropped")
+            self._log_if_stuck()
+            return False
         if not host.append_now(encode_row(entry), deadline=deadline):
             return False  # counted as dropped by the spool
         shipper = self._shipper
         if shipper is not None:
             shipper.notify()
         return True
+
+    def _wait_for_open(self) -> bool:
+        """Whether the host's thread may go on to the spool, waiting a little for the
+        writer thread's open.
+
+        The first calls of a process wait for that open, so rows a damaged WAL lost
+        are counted before any id is handed out again: up to IMMEDIATE_TIMEOUT each,
+        OPEN_GRACE in all, then without waiting. And the host's thread never makes
+        the process's first SQLite call: in a process forked while another thread
+        was inside SQLite, SQLite's own mutexes stay held by a thread that does not
+        exist here, and that call would never return. The writer thread makes it;
+        until it has returned, the entry is dropped.
+        """
+        left = self._started_at + OPEN_GRACE - time.monotonic()
+        opened = self._ready.wait(min(IMMEDIATE_TIMEOUT, max(left, 0.0)))
+        return opened or self._sqlite_answers.is_set()
+
+    def _log_if_stuck(self) -> None:
+        """ERROR (then at most every STUCK_LOG_INTERVAL) if the writer thread has still
+        not opened the spool STUCK_AFTER seconds after this process started it."""
+        now = time.monotonic()
+        if now - self._started_at < STUCK_AFTER or now < self._stuck_logged_at:
+            return
+        self._stuck_logged_at = now + STUCK_LOG_INTERVAL
+        logger.error(
+            "spooler's writer thread has not opened %s in %.0f s; no entry reaches it "
+            "meanwhile, and what does not fit in memory is dropped (counted). If this "
+            "process was forked while another thread was inside SQLite, SQLite's own "
+            "locks stay held in it and never answer: fork before starting threads that "
+            "use SQLite",
+            self.config.spool_file,
+            now - self._started_at,
+        )
 
     def _wake_writer(self) -> None:
         wake = self._wake
@@ -458,6 +523,9 @@ class Reporter:
         spool = self._spool
         if spool is None:
             return
+        with contextlib.suppress(sqlite3.Error):
+            spool.first_sqlite_call()  # see _wait_for_open
+            self._sqlite_answers.set()
         try:
             spool.ensure_open()
         except SpoolError as exc:
