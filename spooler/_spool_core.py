@@ -182,6 +182,8 @@ class SpoolCore:
         self.lost_at_open = 0
         self._closed = False
         self._conn: sqlite3.Connection | None = None
+        # A second connection that holds SQLite's write lock while _checkpoint runs.
+        self._fence: sqlite3.Connection | None = None
         _LIVE.add(self)
         if not lazy:
             self._conn = self._open(check=check)
@@ -203,9 +205,6 @@ class SpoolCore:
         self.lost_at_open += opened.lost
         try:
             self._apply_cap(conn)
-            if not self.checkpoints:
-                # The host's connection: checkpoints happen on the writer thread.
-                conn.execute("PRAGMA wal_autocheckpoint = 0")
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         except BaseException:
             conn.close()
@@ -262,6 +261,7 @@ class SpoolCore:
         try:
             if self._reopen and self._conn is not None:
                 self._reopen = False
+                self._close_fence()
                 self._conn.close()
                 self._conn = None
             if self._conn is None:
@@ -288,9 +288,10 @@ class SpoolCore:
         self._pending = {}
         self._check = False
         self._checker = None
-        if self._conn is not None:
-            _INHERITED.append(self._conn)
-        self._conn = None  # reopened on first use in this process
+        for conn in (self._conn, self._fence):
+            if conn is not None:
+                _INHERITED.append(conn)
+        self._conn = self._fence = None  # reopened on first use in this process
 
     def _write(self, conn: sqlite3.Connection, work: Any, timeout: float | None) -> Any:
         """Run ``work(conn)`` in one BEGIN IMMEDIATE transaction with pending counters.
@@ -304,12 +305,13 @@ class SpoolCore:
         if timeout is not None:
             conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
         try:
-            for attempt in range(3):
-                conn.execute("BEGIN IMMEDIATE")
-                if self._wal_size() <= self._hard_wal or attempt == 2:
-                    break
+            conn.execute("BEGIN IMMEDIATE")
+            if self._wal_size() > self._hard_wal:
                 conn.execute("ROLLBACK")
-                self._checkpoint(conn, "TRUNCATE")
+                # With every frame copied, this transaction's first write starts the
+                # WAL over at its start and its commit trims the file.
+                self._checkpoint(conn)
+                conn.execute("BEGIN IMMEDIATE")
             try:
                 result = work(conn)
                 self._flush_pending(conn)
@@ -322,6 +324,8 @@ class SpoolCore:
             if timeout is not None:
                 conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         self._clear_pending()
+        if self.checkpoints and self._wal_size() > self._soft_wal:
+            self._checkpoint(conn)  # what wal_autocheckpoint did (see _checkpoint)
         return result
 
     def _transaction(self, work: Any, timeout: float | None) -> Any:
@@ -406,26 +410,19 @@ class SpoolCore:
         return self._wal_size() > self._soft_wal
 
     def checkpoint(self, *, timeout: float = 1.0, pause: SpoolCore | None = None) -> bool:
-        """Give the WAL's space back when it has passed its soft limit (never on the
-        host's thread: the reporter's writer thread and the shipper call this).
-
-        A TRUNCATE checkpoint waits up to ``timeout`` for readers to move on. Returns
-        whether the WAL is within its soft limit afterwards. Never raises.
+        """Copy the WAL into the database when it has passed its soft limit (never on
+        the host's thread: the reporter's writer thread and the shipper call this).
+        The next commit then starts the WAL over at its start, trimmed to
+        ``journal_size_limit``. Returns whether the WAL is within its soft limit
+        afterwards. Never raises.
 
         ``pause`` is another spool object of this process whose connection never
         checkpoints (immediate mode's host connection): its writers wait for this
-        checkpoint (up to ``PAUSE_WAIT`` to begin it, else it runs beside them).
-        With none appending meanwhile, PASSIVE copies every frame, and the next
-        commit restarts the WAL from its start, reusing the file instead of
-        extending it: an append into a WAL that grows costs this VM 20-25 us more.
+        checkpoint (up to ``PAUSE_WAIT`` to begin it, else it runs beside them), and
+        the checkpoint waits at most ``PAUSE_WAIT`` for another process's writer.
         """
-        size = self._wal_size()
-        if size <= self._soft_wal:
+        if self._wal_size() <= self._soft_wal:
             return True
-        # PASSIVE copies what it can without blocking writers; the next write then
-        # restarts the WAL from its start. TRUNCATE (which holds writers back while
-        # it waits for readers) only when the file itself has grown past its limit.
-        mode = "TRUNCATE" if size > self._hard_wal else "PASSIVE"
         try:
             with self._locked(timeout) as conn:
                 held = (
@@ -434,28 +431,86 @@ class SpoolCore:
                     and pause._lock.acquire(timeout=PAUSE_WAIT)
                 )
                 try:
-                    # PASSIVE never waits: the paused writers wait for the copy only.
-                    self._checkpoint(conn, "PASSIVE" if held else mode)
+                    done = self._checkpoint(conn, wait=PAUSE_WAIT if held else None)
                 finally:
                     if held:
                         assert pause is not None
                         pause._lock.release()
-                if held and mode != "PASSIVE":  # the file must shrink: wait for readers unpaused
-                    self._checkpoint(conn, mode)
+                if not done and held and self._wal_size() > self._hard_wal:
+                    self._checkpoint(conn)  # the file must shrink: wait, unpaused
         except Exception as exc:
             self._log_once("checkpoint", "spool checkpoint failed: %s", exc)
         return not self.wal_over()
 
-    def _checkpoint(self, conn: sqlite3.Connection, mode: str) -> None:
-        for attempt in range(5):
-            try:
-                busy = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()[0]
-            except sqlite3.Error:
-                return
-            if not busy:
-                return
-            # Another connection was checkpointing; that lock has no busy handler.
-            time.sleep(0.001 * (attempt + 1))
+    def _checkpoint(self, conn: sqlite3.Connection, *, wait: float | None = None) -> bool:
+        """A PASSIVE checkpoint run while this spool's second connection (the fence)
+        holds SQLite's write lock; whether every frame was copied.
+
+        SQLite 3.7.0 to 3.51.2 has the "WAL-reset bug" (sqlite.org/wal.html#walresetbug):
+        a checkpoint that starts right after a complete one, while another connection
+        commits and so starts the WAL over, records frames as copied that never were,
+        and a later restart drops those committed transactions. Spool tests saw it
+        (8 immediate-mode processes lost 573 acknowledged entries once). With the
+        write lock held no commit can run during a checkpoint, so every checkpoint of
+        a spool goes through here: no connection auto-checkpoints, and FULL, RESTART
+        and TRUNCATE are never used (each falls back to an unfenced PASSIVE when it
+        cannot get the write lock). The fence waits ``wait`` (default: this spool's
+        busy timeout) for another writer; past it nothing is copied this time.
+        """
+        fence = self._fence
+        if fence is None:
+            fence = sqlite3.connect(
+                self.path, timeout=0, isolation_level=None, check_same_thread=False
+            )
+            fence.execute("PRAGMA wal_autocheckpoint = 0")
+            fence.execute(f"PRAGMA journal_size_limit = {self._wal_pages * PAGE_SIZE}")
+            self._fence = fence
+        wait = self.busy_timeout if wait is None else wait
+        fence.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
+        try:
+            fence.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            return False  # another writer held on: the next call tries again
+        complete = False
+        try:
+            for attempt in range(5):
+                busy, log, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                if not busy:
+                    complete = log == done
+                    break
+                # Another connection was checkpointing; that lock has no busy handler.
+                time.sleep(0.001 * (attempt + 1))
+        except sqlite3.Error:
+            pass
+        finally:
+            fence.execute("ROLLBACK")
+        if complete:
+            self._restart_wal(fence)
+        return complete
+
+    @staticmethod
+    def _restart_wal(fence: sqlite3.Connection) -> None:
+        """Start the WAL over now, trimming the file to ``journal_size_limit``: a write
+        by the fence that begins after the copy, so it reads no frame and may restart
+        the log. It sets ``user_version`` to itself. No checkpoint can run meanwhile
+        (each needs the write lock this holds). Another writer getting there first
+        restarts it as well."""
+        try:
+            fence.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            return
+        try:
+            version = int(fence.execute("PRAGMA user_version").fetchone()[0])
+            fence.execute(f"PRAGMA user_version = {version}")
+            fence.execute("COMMIT")
+        except sqlite3.Error:
+            if fence.in_transaction:
+                fence.execute("ROLLBACK")
+
+    def _close_fence(self) -> None:
+        fence, self._fence = self._fence, None
+        if fence is not None:
+            fence.close()
 
     # -- the cap: evicting the oldest rows -----------------------------------
 

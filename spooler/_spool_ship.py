@@ -295,7 +295,7 @@ class SpoolShipping(SpoolCore):
 
         Returns the checkpoint's result and the pages freed. Never raises.
         """
-        out = {"busy": 0, "wal_frames": 0, "checkpointed": 0, "vacuumed_pages": 0}
+        out = {"busy": 0, "vacuumed_pages": 0}
         try:
             with self._locked(1.0) as conn:
                 pages = conn.execute("PRAGMA page_count").fetchone()[0]
@@ -303,10 +303,8 @@ class SpoolShipping(SpoolCore):
                 if free > 64 and free * 4 > pages:
                     self._give_back(conn, pages - free)
                     out["vacuumed_pages"] = pages - conn.execute("PRAGMA page_count").fetchone()[0]
-                empty = conn.execute("SELECT NOT EXISTS (SELECT 1 FROM entries)").fetchone()[0]
-                mode = "TRUNCATE" if empty else "PASSIVE"
-                busy, frames, done = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
-                out.update(busy=busy, wal_frames=frames, checkpointed=done)
+                complete = self._checkpoint(conn)  # the next commit trims the WAL
+                out.update(busy=int(not complete))
         except Exception as exc:
             self._log_once("maintain", "spool maintenance failed: %s", exc)
         return out

@@ -12,9 +12,10 @@ The class is built from three parts, one idea each: :mod:`spooler._spool_core`
 file and its schema live in :mod:`spooler.spoolfile`; reading a snapshot of it
 in :mod:`spooler.stats`.
 
-Size: ``max_page_count`` caps the main file, ``wal_autocheckpoint`` and
-``journal_size_limit`` bound the WAL, and ``auto_vacuum=INCREMENTAL`` lets a
-drained spool give pages back. See README "How the cap works".
+Size: ``max_page_count`` caps the main file, checkpoints (only ever run with the
+write lock held: see ``SpoolCore._checkpoint``) and ``journal_size_limit`` bound
+the WAL, and ``auto_vacuum=INCREMENTAL`` lets a drained spool give pages back.
+See README "How the cap works".
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ class Spool(SpoolAppending, SpoolShipping):
         if problem is None:
             return True
         with self._locked(_OPEN_WAIT) as conn:
+            self._close_fence()
             conn.close()
             self._conn = None
             quarantine(self.path, problem)
@@ -136,6 +138,7 @@ class Spool(SpoolAppending, SpoolShipping):
             return
         try:
             self._close_wal_fd()
+            self._close_fence()
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None

@@ -392,7 +392,8 @@ def _connect(
         if str(mode).lower() != "wal":
             raise SpoolError(f"could not put {path} in WAL mode (got {mode!r})")
         conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute(f"PRAGMA wal_autocheckpoint = {wal_pages}")
+        # Checkpoints run only fenced, from SpoolCore._checkpoint (the WAL-reset bug).
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
         conn.execute(f"PRAGMA journal_size_limit = {wal_pages * PAGE_SIZE}")
         if quick and not fresh:
             result = conn.execute("PRAGMA quick_check").fetchone()[0]

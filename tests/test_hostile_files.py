@@ -414,6 +414,7 @@ _WRITE_FOREVER = textwrap.dedent(
     from spooler.spoolfile import open_db
     conn, _ = open_db(sys.argv[1], wal_pages=1000, busy_timeout=1.0, check=False)
     conn.execute("PRAGMA busy_timeout = 5000")
+    conn.execute("PRAGMA wal_autocheckpoint = 1000")  # spooler's own checkpoints are not here
     sql = "INSERT INTO entries(kind, created_at, entry) VALUES ('emitted', 'now', ?)"
     print("ready", flush=True)
     i = 0
