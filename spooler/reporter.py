@@ -261,11 +261,7 @@ class Reporter:
         """Shut down a process whose writer thread never opened the spool (see
         _log_if_stuck). Nothing here may make this process's first SQLite call, a
         final shipper's included: what waits in memory is counted as dropped."""
-        with self._writing:
-            left = len(self._buffer)
-            self._buffer.clear()
-        if self._spool is not None:
-            self._spool.count("dropped", left)
+        left = self._drop_buffer()
         if self._metrics is not None:
             self._metrics.close()
             self._metrics = None
@@ -279,21 +275,27 @@ class Reporter:
     def _count_left_behind(self) -> None:
         """Entries still in memory at shutdown (other writers held the spool all along)
         are lost with the process: count them as dropped, and say so."""
-        left = len(self._buffer)
-        if not left or self._spool is None:
+        if not self._buffer or self._spool is None:
             return
-        with self._writing:
-            left = len(self._buffer)
-            self._buffer.clear()
+        left = self._drop_buffer()
         if not left:
             return
-        self._spool.count("dropped", left)
         self._spool.flush_counters(timeout=2.0)
         logger.warning(
             "spooler dropped %d entries at shutdown: other writers held the spool past "
             "the deadline (counted as 'dropped')",
             left,
         )
+
+    def _drop_buffer(self) -> int:
+        """Empty the in-memory buffer at shutdown, counting its entries as dropped (in
+        memory: the caller writes the counters if it can); how many there were."""
+        with self._writing:
+            left = len(self._buffer)
+            self._buffer.clear()
+        if left and self._spool is not None:
+            self._spool.count("dropped", left)
+        return left
 
     def _serve_metrics(self) -> Metrics | None:
         if self._metrics is None and self.config.metrics_port is not None:
