@@ -13,15 +13,14 @@ from spooler._process import this_pid
 from spooler._spool_core import (
     _INSERT_ONE,
     SpoolCore,
-    _encode,
     _is_busy,
     _WalFull,
 )
 from spooler.errors import SpoolBusyError
+from spooler.serializer import encode_row
 from spooler.spoolfile import (
     is_full,
 )
-from spooler.timestamps import now_iso
 
 _MAX_ROWS_PER_INSERT = 256  # 768 bound values: far below SQLite's limit (32,766)
 
@@ -30,14 +29,6 @@ _MAX_ROWS_PER_INSERT = 256  # 768 bound values: far below SQLite's limit (32,766
 def _insert_sql(rows: int) -> str:
     """``INSERT ... VALUES (?, ?, ?), ...`` for ``rows`` rows (a power of two)."""
     return "INSERT INTO entries(kind, created_at, entry) VALUES " + ", ".join(["(?, ?, ?)"] * rows)
-
-
-def encode_row(entry: Mapping[str, Any]) -> tuple[str, str, str]:
-    """An entry as the row the spool stores: (kind, created_at, JSON text)."""
-    created = entry.get("timestamp")
-    if not isinstance(created, str):
-        created = now_iso()
-    return (str(entry.get("status") or "unknown"), created, _encode(entry))
 
 
 class SpoolAppending(SpoolCore):

@@ -10,7 +10,6 @@ WAL's share of the cap and eviction of the oldest rows. Appending lives in
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import sqlite3
@@ -35,38 +34,6 @@ _SHM_BYTES = 32 * 1024
 DEAD_LETTER_KEEP = 10_000
 
 
-def _compact_encoder() -> Callable[[Any], str]:
-    """``json.JSONEncoder(separators=(",", ":")).encode``, same text, without building
-    its C encoder anew on every call (3 of its 8 us for one entry on this VM).
-
-    The C encoder is built once, without the circular-reference check: anything it
-    cannot encode (a cycle ends in RecursionError) goes to the stock encoder, which
-    raises its usual error. Pythons without the C accelerator use the stock encoder.
-    """
-    stock = json.JSONEncoder(separators=(",", ":"))
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:
-        return stock.encode
-
-    def refuse(value: object) -> Any:
-        raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
-
-    # (markers, default, encoder, indent, key and item separators, sort_keys, skipkeys, allow_nan)
-    ascii_text = json.encoder.encode_basestring_ascii
-    fast = make(None, refuse, ascii_text, None, ":", ",", False, False, True)
-
-    def encode(value: Any) -> str:
-        if type(value) is not dict:
-            return stock.encode(value)
-        try:
-            return "".join(fast(value, 0))
-        except (RecursionError, TypeError, ValueError):
-            return stock.encode(value)
-
-    return encode
-
-
-_encode = _compact_encoder()
 _BUMP = (
     "INSERT INTO counters(name, value) VALUES (?, ?) "
     "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value"

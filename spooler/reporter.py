@@ -51,11 +51,13 @@ from spooler.errors import SpoolBusyError, SpoolError
 from spooler.serializer import (
     build_entry,
     capture,
+    encode_row,
     entry_from_capture,
     load_schemas,
+    row_from_capture,
     schema_fingerprint,
 )
-from spooler.spool import Spool, encode_row
+from spooler.spool import Spool
 
 if TYPE_CHECKING:
     from spooler.metrics import Metrics
@@ -119,6 +121,7 @@ class Reporter:
         self._schemas_dirty = bool(self._schemas)
         self._last_takeover = 0.0
         self._before_send_failed = False
+        self._encode_failed = False
         self._metrics: Metrics | None = None
         self._send_error_message = config.send_error_message
         self._error_max = config.error_message_max_length
@@ -613,45 +616,69 @@ class Reporter:
                     group.append(buffer.popleft())
             except IndexError:
                 pass
-            entries = self._entries(group, spool)
+            rows = self._rows(group, spool)
             try:
-                written += spool.append_many(entries, timeout=timeout, raise_on_busy=True)
+                written += spool.append_rows(rows, timeout=timeout, raise_on_busy=True)
             except SpoolBusyError as exc:
-                # Keep what was not stored, in order, for the next try.
+                # Keep what was not stored, in order and encoded, for the next try.
                 written += exc.stored
-                buffer.extendleft(reversed(entries[exc.stored :]))
+                buffer.extendleft(reversed(rows[exc.stored :]))
                 break
         return written
 
-    def _entries(self, group: list[Any], spool: Spool) -> list[dict[str, Any]]:
-        """Entries from what the host's thread captured (or built already)."""
-        entries = []
-        invalid = filtered = 0
+    def _rows(self, group: list[Any], spool: Spool) -> list[tuple[str, str, str]]:
+        """The rows to store for what the host's thread captured (or built already), and
+        rows a busy spool sent back; invalid, filtered and unencodable items counted."""
+        rows = []
+        invalid = filtered = dropped = 0
         before_send = self.config.before_send
+        send = self._send_error_message
+        limit = self._error_max
         for item in group:
-            entry = (
-                item
-                if isinstance(item, dict)
-                else entry_from_capture(
-                    item,
-                    send_error_message=self._send_error_message,
-                    error_message_max_length=self._error_max,
-                )
-            )
-            if entry is None:
-                invalid += 1
-                continue
-            if before_send is not None:
-                entry = self._before_send(before_send, entry)
-                if entry is None:
-                    filtered += 1
+            try:
+                if type(item) is tuple and len(item) == 3:
+                    rows.append(item)  # stored already once: a busy spool sent it back
                     continue
-            entries.append(entry)
+                if before_send is None and type(item) is tuple:
+                    row = row_from_capture(
+                        item, send_error_message=send, error_message_max_length=limit
+                    )
+                    if row is None:
+                        invalid += 1
+                    else:
+                        rows.append(row)
+                    continue
+                entry = (
+                    item
+                    if type(item) is dict
+                    else entry_from_capture(
+                        item, send_error_message=send, error_message_max_length=limit
+                    )
+                )
+                if entry is None:
+                    invalid += 1
+                    continue
+                if before_send is not None:
+                    entry = self._before_send(before_send, entry)
+                    if entry is None:
+                        filtered += 1
+                        continue
+                rows.append(encode_row(entry))
+            except Exception as exc:  # an entry that cannot be encoded
+                dropped += 1
+                if not self._encode_failed:
+                    self._encode_failed = True
+                    logger.warning(
+                        "spooler dropped an entry it could not encode (%s; counted as 'dropped')",
+                        type(exc).__name__,
+                    )
         if invalid:
             spool.count("invalid", invalid)
         if filtered:
             spool.count("filtered", filtered)
-        return entries
+        if dropped:
+            spool.count("dropped", dropped)
+        return rows
 
     def _before_send(
         self, before_send: Callable[[dict[str, Any]], Any], entry: dict[str, Any]

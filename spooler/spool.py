@@ -24,9 +24,10 @@ import logging
 import os
 import sqlite3
 
-from spooler._spool_append import SpoolAppending, encode_row
+from spooler._spool_append import SpoolAppending
 from spooler._spool_core import _OPEN_WAIT
 from spooler._spool_ship import SpoolBatch, SpoolRow, SpoolShipping
+from spooler.serializer import encode_row
 from spooler.spoolfile import (
     COUNTER_NAMES,
     SCHEMA_VERSION,

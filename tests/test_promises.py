@@ -721,6 +721,51 @@ def test_before_send_scrubs_or_drops_off_the_hosts_thread(spool_path: str) -> No
     assert counters(spool_path)["filtered"] == 2
 
 
+def test_entries_a_busy_spool_sends_back_are_scrubbed_once_and_kept_in_order(
+    spool_path: str,
+) -> None:
+    """Another process holds the spool's write lock past the writer's wait: the writer
+    keeps the rows it built, in order, and stores them once the lock is free, without
+    running before_send on them a second time (it may not be idempotent)."""
+    calls: list[int] = []
+
+    def before_send(entry: dict[str, Any]) -> dict[str, Any] | None:
+        calls.append(entry["event_id"])
+        return dict(entry, idempotency_key=f"scrubbed-{len(calls)}")
+
+    spooler.configure(
+        api_key=KEY, spool_path=spool_path, ship_in_process=False, before_send=before_send
+    )
+    spooler.start()
+    assert spooler.track_emit(event(0))
+
+    def rows() -> int:
+        if not os.path.exists(spool_path):
+            return 0
+        with closing(sqlite3.connect(spool_path)) as conn:
+            return int(conn.execute("SELECT count(*) FROM entries").fetchone()[0])
+
+    assert wait_for(lambda: rows() == 1)
+    with closing(sqlite3.connect(spool_path, isolation_level=None)) as other:
+        other.execute("BEGIN IMMEDIATE")
+        for i in range(1, 6):
+            assert spooler.track_emit(event(i))
+        # The writer gives up after WRITER_BUSY_TIMEOUT (1 s) and keeps its rows.
+        assert wait_for(lambda: calls == [0, 1, 2, 3, 4, 5], timeout=10)
+        time.sleep(2.5)
+        assert rows() == 1
+        other.execute("COMMIT")
+    assert wait_for(lambda: rows() == 6)
+    spooler.shutdown()
+    assert calls == [0, 1, 2, 3, 4, 5]
+    with closing(sqlite3.connect(spool_path)) as conn:
+        stored = [json.loads(r[0]) for r in conn.execute("SELECT entry FROM entries ORDER BY id")]
+    assert [(e["event_id"], e["idempotency_key"]) for e in stored] == [
+        (i, f"scrubbed-{i + 1}") for i in range(6)
+    ]
+    assert counters(spool_path).get("dropped", 0) == 0
+
+
 def test_debug_logs_spooler_at_debug_on_stderr_when_the_host_set_up_no_logging(
     tmp_path: Path,
 ) -> None:

@@ -1120,6 +1120,67 @@ def test_capture_then_build_gives_what_build_entry_gives(
         assert entry_from_capture(kept, send_error_message=send_error_message) == direct
 
 
+_row_values = st.one_of(
+    _field_values,
+    st.text(alphabet=st.characters(), max_size=260),  # past MAX_TEXT_LENGTH, surrogates
+    st.sampled_from(["", "   ", "\t x \n", "é", "\ud800", "9" * 19, "9" * 20, "-1", "0", "00"]),
+    st.integers(min_value=-(2**64), max_value=2**64),
+    st.sampled_from(["2026-01-15T10:30:00.999Z", "2026-01-15T10:31:00.000Z", "1999-12-31"]),
+    st.uuids(),
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    st.sampled_from(["emitted", "published", "dead_lettered"]),
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "event_id",
+                "event_name",
+                "event_type",
+                "event_version",
+                "idempotency_key",
+                "attempts",
+                "occurred_at",
+                "published_at",
+                "dead_lettered_at",
+                "aggregate_type",
+                "aggregate_id",
+                "aggregate_version",
+                "error_class",
+                "error_message",
+            ]
+        ),
+        _row_values,
+    ),
+    st.booleans(),
+    st.integers(min_value=0, max_value=300),
+    st.floats(min_value=0, max_value=4e9),
+)
+def test_the_writers_row_is_the_text_encode_row_gives_the_entry(
+    status: str, payload: dict[str, Any], send_error_message: bool, limit: int, now: float
+) -> None:
+    """row_from_capture writes the JSON text itself (the writer thread's hot path): the
+    very row encode_row gives the entry build_entry builds, and None exactly when that
+    entry is None."""
+    from spooler.serializer import capture, encode_row, row_from_capture
+
+    options = {"send_error_message": send_error_message, "error_message_max_length": limit}
+    payload.setdefault("event_name", "order.placed")
+    direct = build_entry(status, payload, now=now, **options)
+    kept = capture(status, payload, now=now, **options)
+    if kept is None or isinstance(kept, dict):
+        assert kept == direct
+        return
+    row = row_from_capture(kept, **options)
+    if direct is None:
+        assert row is None
+    else:
+        assert row == encode_row(direct)
+        assert json.loads(row[2]) == direct
+
+
 def test_capture_keeps_no_reference_to_the_hosts_objects() -> None:
     """What the host's thread keeps holds no container, no exception and no traceback."""
     from spooler.serializer import capture
