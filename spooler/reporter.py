@@ -212,8 +212,13 @@ class Reporter:
             if self._shipper is None:
                 from spooler.shipper import Shipper
 
-                # The writer thread quick_checks the file; no need to do it twice.
-                self._shipper = Shipper(self.config, started_at=self._started_at, quick_check=False)
+                # The writer thread quick_checks the file; no need to do it twice. It also
+                # tells the shipper of this process's commits (notify): other processes'
+                # rows are looked for once a second instead of watching the -wal, which
+                # every commit here changes (a watch cost the host 5 us per entry).
+                self._shipper = Shipper(
+                    self.config, started_at=self._started_at, quick_check=False, watch=False
+                )
             started = not self._shipper.running and self._shipper.start()
             if started and self.config.metrics_port is not None:
                 # Metrics come from the one process that ships the spool.
@@ -602,7 +607,7 @@ class Reporter:
         if written:
             logger.debug("committed %d entries (%d still in memory)", written, len(buffer))
             if self._shipper is not None:
-                self._shipper.notify()
+                self._shipper.notify(written)
         return written
 
     def _flush_groups(

@@ -68,6 +68,9 @@ TROUBLE_LOG_INTERVAL = 300.0  # seconds between WARNINGs while the same trouble 
 # it is never the host's thread, and a missed ack means the batch is sent again.
 SHIPPER_BUSY_TIMEOUT = 5.0
 _WATCH_TIMEOUT_MS = 1000  # the watcher reports it is in place within this long
+# A change of the -wal makes the loop look at the spool at most this often: every commit
+# (this process's own included) changes it, and each look costs two queries.
+WATCH_QUIET = 0.5
 # The loop gives freed pages back and truncates the WAL at most this often (a drain
 # and ``cycle()`` do it at once): after every delivery it cost a busy app's shipper
 # a sixth of its time, for space the writer would mostly have reused anyway.
@@ -172,6 +175,11 @@ class Shipper:
         self._paused_until = 0.0
         self._pause_logged: str | None = None
         self._notified = False
+        # Rows committed in this process since the loop last looked (notify), and how
+        # many make it worth looking again: one in an empty spool, else a full batch.
+        self._unseen = 0
+        self._wake_at = 1
+        self._looked_at = -1e18
         self._seen_changes: tuple[int, int] | None = None
         self._final_deadline: float | None = None
         self._schemas = load_schemas(config.schemas)
@@ -251,8 +259,17 @@ class Shipper:
         if client is not None:
             client.abort()
 
-    def notify(self) -> None:
-        """Wake the loop now (called after an in-process commit)."""
+    def notify(self, rows: int = 1) -> None:
+        """Say that ``rows`` rows were committed in this process; wakes the loop when
+        they may fill a batch, or are the first in an empty spool (for their
+        ``flush_interval`` the loop keeps time itself).
+
+        Called after every commit, on the host's thread in immediate mode: waking the
+        loop for each would cost two queries per entry.
+        """
+        self._unseen += rows  # a race loses a count: the timer still sends them
+        if self._unseen < self._wake_at:
+            return
         self._notified = True
         wake = self._wake
         if not wake.is_set():  # set() takes a lock and notifies: once per wake-up is enough
@@ -361,17 +378,26 @@ class Shipper:
             if remaining <= 0:
                 return
             if not self.watching:
-                # Polling: look again within a second, whatever woke us.
-                self._wake.wait(min(remaining, 1.0))
+                # Polling (the in-process shipper, or where watching is impossible): a
+                # look every second, and a tick only when something may have changed.
+                woken = self._wake.wait(min(remaining, 1.0))
                 self._wake.clear()
-                return
+                if woken or self._stop.is_set() or self._others_wrote():
+                    self._notified = False
+                    return
+                continue
             woken = self._wake.wait(remaining)
             self._wake.clear()
             if not woken or self._notified or self._stop.is_set():
                 self._notified = False
                 return
             # A change of the -wal: only another writer's commit is news. Our own
-            # writes (acks, last_error) must not make us resend in a loop.
+            # writes (acks, last_error) must not make us resend in a loop, and a busy
+            # spool changes it many times a second: look once the quiet time is over.
+            quiet_until = self._looked_at + WATCH_QUIET
+            if self._clock() < quiet_until:
+                deadline = min(deadline, quiet_until)
+                continue
             if self._others_wrote():
                 return
 
@@ -396,16 +422,29 @@ class Shipper:
         """Send what is due now (a full batch, rows ``flush_interval`` old, a heartbeat);
         returns how many seconds until the next thing falls due."""
         now = self._clock()
+        self._looked_at = now
         if now < self._paused_until:
             return self._paused_until - now
         interval = self.config.flush_interval
+        batch_size = self.config.batch_size
+        self._unseen = 0  # before the look: rows notified after it are counted
         self._others_wrote()  # what we are about to read is no news later
-        waiting, oldest = self.spool.peek(self.config.batch_size)
+        waiting, oldest = self.spool.peek(batch_size)
+        self._wake_at = max(1, batch_size - waiting) if waiting else 1
         age = self._wall_clock() - _epoch_or_zero(oldest) if waiting and oldest is not None else 0.0
-        due = waiting >= self.config.batch_size or (waiting > 0 and age >= interval)
+        due = waiting >= batch_size or (waiting > 0 and age >= interval)
         heartbeat_due = now - self._last_heartbeat >= interval
         if due or heartbeat_due:
-            self.cycle(send_all=due, heartbeat=heartbeat_due, maintain=False)
+            # Rows due only by their number go out in full batches: the rows that came
+            # in meanwhile wait for theirs (a request costs the same for 50 as for 500).
+            result = self.cycle(
+                send_all=due,
+                heartbeat=heartbeat_due,
+                maintain=False,
+                full_batches_only=age < interval,
+            )
+            if due and result.waiting >= 0:
+                self._wake_at = max(1, batch_size - result.waiting) if result.waiting else 1
         now = self._clock()
         if now < self._paused_until:
             return self._paused_until - now
@@ -415,9 +454,15 @@ class Shipper:
         return max(0.01, next_heartbeat)
 
     def cycle(
-        self, *, send_all: bool = True, heartbeat: bool = True, maintain: bool = True
+        self,
+        *,
+        send_all: bool = True,
+        heartbeat: bool = True,
+        maintain: bool = True,
+        full_batches_only: bool = False,
     ) -> CycleResult:
-        """One delivery cycle: send what waits (full batches, or all), then a heartbeat.
+        """One delivery cycle: send what waits (all of it, or with ``full_batches_only``
+        every full batch and no partial one), then a heartbeat.
 
         After rows left the spool it is maintained (WAL checkpointed, freed pages given
         back): now, or with ``maintain=False`` (the loop) once ``MAINTAIN_INTERVAL`` has
@@ -431,7 +476,7 @@ class Shipper:
         result = CycleResult()
         if send_all:
             with self._sending:  # flush() from another thread takes turns with the loop
-                self._send_batches(result, final=False)
+                self._send_batches(result, final=False, full_only=full_batches_only)
         if heartbeat and not result.auth_failed and not self._stop.is_set():
             result.heartbeat = self._send_heartbeat()
         if result.rejected:
@@ -500,7 +545,12 @@ class Shipper:
             logger.debug("delivered %d entries at shutdown", result.shipped)
 
     def _send_batches(
-        self, result: CycleResult, *, final: bool, deadline: float | None = None
+        self,
+        result: CycleResult,
+        *,
+        final: bool,
+        deadline: float | None = None,
+        full_only: bool = False,
     ) -> None:
         after_id = 0
         while True:
@@ -519,7 +569,7 @@ class Shipper:
                 if rows:
                     after_id = rows[-1].id
                 continue
-            if batch is None:
+            if batch is None or (full_only and batch.count < self.config.batch_size):
                 return
             if not self._deliver_batch(batch, result, final=final):
                 return

@@ -443,6 +443,36 @@ def test_in_process_shipping_delivers_to_the_cloud(path: str) -> None:
         assert rcv.duplicate_count() == 0
 
 
+def test_the_in_process_shipper_watches_no_file_and_finds_other_processes_rows(
+    path: str,
+) -> None:
+    """In an app process the writer tells the shipper of its own commits; rows another
+    process (a prefork worker without the ship lock) commits are found by a look once a
+    second, without a watch thread that every commit of the app would wake."""
+    with Receiver(api_key=KEY) as rcv:
+        spooler.configure(
+            api_key=KEY, spool_path=path, endpoint=rcv.url, batch_size=50, flush_interval=60
+        )
+        spooler.start()
+        for i in range(50):
+            assert spooler.track_emit(event(i))
+        assert wait_for(lambda: rcv.entry_count() == 50)
+        names = {t.name for t in threading.enumerate()}
+        assert "spooler.shipper" in names
+        assert "spooler.shipper.watch" not in names
+        code = (
+            "import sys; from spooler.spool import Spool; "
+            "from tests.conftest import make_entry; "
+            "s = Spool(sys.argv[1]); "
+            "s.append_many([make_entry(i) for i in range(50, 100)]); s.close()"
+        )
+        root = Path(__file__).resolve().parents[1]
+        subprocess.run([sys.executable, "-c", code, path], check=True, timeout=60, cwd=root)
+        assert wait_for(lambda: rcv.entry_count() == 100, timeout=10)
+        assert spooler.shutdown() is True
+        assert sorted(e["event_id"] for e in rcv.entries()) == list(range(100))
+
+
 def test_shutdown_is_bounded_when_the_cloud_hangs(path: str) -> None:
     """A Cloud that never answers cannot make shutdown wait past its deadline; rows stay."""
     with socket.create_server(("127.0.0.1", 0)) as cloud:  # accepts, reads, never answers

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -198,6 +199,71 @@ def test_a_partial_batch_waits_exactly_flush_interval(receiver: Receiver, spool:
         shipper.tick()  # a full batch does not wait
         assert receiver.entry_count() == 8
     assert [r["entries"] for r in event_requests(receiver)] == [3, 5]
+
+
+def test_rows_due_by_number_go_in_full_batches_and_the_rest_waits(
+    receiver: Receiver, spool: Spool
+) -> None:
+    """Rows due only because batch_size of them wait go out in full batches; the rows
+    short of one more wait for their flush_interval (a request costs about as much for
+    2 rows as for 500), then go."""
+    wall = FakeClock(1_800_000_000.0)
+    mono = FakeClock(50.0)
+    stamp = "2027-01-15T08:00:00.000Z"  # the wall clock's now
+    spool.append_many([dict(make_entry(i), timestamp=stamp) for i in range(12)])
+    with shipping(
+        receiver,
+        spool,
+        batch_size=5,
+        flush_interval=10.0,
+        watch=False,
+        clock=mono,
+        wall_clock=wall,
+    ) as shipper:
+        shipper.tick()
+        assert [r["entries"] for r in event_requests(receiver)] == [5, 5]
+        wall.now += 9.0
+        mono.now += 9.0
+        shipper.tick()
+        assert receiver.entry_count() == 10
+        wall.now += 1.0
+        mono.now += 1.0
+        shipper.tick()
+    assert [r["entries"] for r in event_requests(receiver)] == [5, 5, 2]
+    assert event_ids(receiver) == list(range(12))
+
+
+def test_commits_in_this_process_wake_the_loop_only_when_they_may_fill_a_batch(
+    receiver: Receiver, spool: Spool
+) -> None:
+    """notify() after every commit (the writer's, or each immediate-mode call) wakes the
+    loop for the first rows in an empty spool and for a full batch, not for each commit:
+    every look costs two queries."""
+    looks: list[int] = []
+    peek = spool.peek
+
+    def counted_peek(limit: int) -> tuple[int, str | None]:
+        looks.append(limit)
+        return peek(limit)
+
+    spool.peek = counted_peek  # type: ignore[method-assign]
+    with shipping(receiver, spool, batch_size=500, flush_interval=60.0, watch=False) as shipper:
+        assert shipper.start()
+        assert wait_for(lambda: len(receiver.heartbeats()) >= 1)
+        before = len(looks)
+        for start in range(0, 400, 10):
+            spool.append_many([fresh(i) for i in range(start, start + 10)])
+            shipper.notify(10)
+            time.sleep(0.02)
+        trickled = len(looks) - before
+        assert receiver.entry_count() == 0
+        spool.append_many([fresh(i) for i in range(400, 500)])
+        shipper.notify(100)
+        assert wait_for(lambda: receiver.entry_count() == 500)
+    # 40 commits: a look for the first (the spool was empty), about one a second
+    # polling, none for the others.
+    assert trickled <= 4, looks
+    assert event_ids(receiver) == list(range(500))
 
 
 def test_the_loop_maintains_the_spool_at_most_every_maintain_interval(
