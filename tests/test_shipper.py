@@ -167,13 +167,15 @@ class FakeClock:
         return self.now
 
 
-def test_a_partial_batch_waits_exactly_flush_interval(receiver: Receiver, spool: Spool) -> None:
-    """With injected clocks: rows younger than flush_interval stay, tick() says how long
-    until they are due, and at flush_interval they go; a full batch goes at once."""
+STAMP = "2027-01-15T08:00:00.000Z"  # 1_800_000_000 s after the epoch: clocked()'s wall time
+
+
+@contextmanager
+def clocked(receiver: Receiver, spool: Spool) -> Iterator[tuple[Shipper, FakeClock, FakeClock]]:
+    """A shipper (batch_size 5, flush_interval 10 s, polling) on injected clocks:
+    (shipper, wall clock at STAMP, monotonic clock)."""
     wall = FakeClock(1_800_000_000.0)
     mono = FakeClock(50.0)
-    stamp = "2027-01-15T08:00:00.000Z"  # 1_800_000_000 s after the epoch
-    spool.append_many([dict(make_entry(i), timestamp=stamp) for i in range(3)])
     with shipping(
         receiver,
         spool,
@@ -183,6 +185,14 @@ def test_a_partial_batch_waits_exactly_flush_interval(receiver: Receiver, spool:
         clock=mono,
         wall_clock=wall,
     ) as shipper:
+        yield shipper, wall, mono
+
+
+def test_a_partial_batch_waits_exactly_flush_interval(receiver: Receiver, spool: Spool) -> None:
+    """With injected clocks: rows younger than flush_interval stay, tick() says how long
+    until they are due, and at flush_interval they go; a full batch goes at once."""
+    spool.append_many([dict(make_entry(i), timestamp=STAMP) for i in range(3)])
+    with clocked(receiver, spool) as (shipper, wall, mono):
         wall.now += 9.75
         assert shipper.tick() == pytest.approx(0.25)  # sends the first heartbeat only
         assert receiver.entry_count() == 0
@@ -207,19 +217,8 @@ def test_rows_due_by_number_go_in_full_batches_and_the_rest_waits(
     """Rows due only because batch_size of them wait go out in full batches; the rows
     short of one more wait for their flush_interval (a request costs about as much for
     2 rows as for 500), then go."""
-    wall = FakeClock(1_800_000_000.0)
-    mono = FakeClock(50.0)
-    stamp = "2027-01-15T08:00:00.000Z"  # the wall clock's now
-    spool.append_many([dict(make_entry(i), timestamp=stamp) for i in range(12)])
-    with shipping(
-        receiver,
-        spool,
-        batch_size=5,
-        flush_interval=10.0,
-        watch=False,
-        clock=mono,
-        wall_clock=wall,
-    ) as shipper:
+    spool.append_many([dict(make_entry(i), timestamp=STAMP) for i in range(12)])
+    with clocked(receiver, spool) as (shipper, wall, mono):
         shipper.tick()
         assert [r["entries"] for r in event_requests(receiver)] == [5, 5]
         wall.now += 9.0
