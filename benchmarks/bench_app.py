@@ -94,6 +94,23 @@ def _wrk(url: str, seconds: float, script: str) -> dict[str, Any]:
     return out
 
 
+def _process_cpu(pid: int) -> float:
+    """CPU seconds ``pid`` has used so far, all its threads (live and ended) included."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _worker_pid(master: int) -> int | None:
+    """gunicorn's one worker: the master's child process."""
+    try:
+        with open(f"/proc/{master}/task/{master}/children", encoding="ascii") as f:
+            children = f.read().split()
+    except OSError:
+        return None
+    return int(children[0]) if len(children) == 1 else None
+
+
 def run_variant(
     variant: str,
     receiver: MinimalReceiver,
@@ -155,7 +172,10 @@ def run_variant(
                 with urllib.request.urlopen(url, timeout=10) as answer:
                     answer.read()
             warm = 20
+        worker = _worker_pid(server.pid)
+        cpu_before = _process_cpu(worker) if worker else None
         result = _wrk(url, seconds, script)
+        cpu = _process_cpu(worker) - cpu_before if worker and cpu_before is not None else None
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -206,6 +226,11 @@ def run_variant(
         "p90_ms": result["p90_us"] / 1000,
         "p99_ms": result["p99_us"] / 1000,
         "max_ms": result["max_us"] / 1000,
+        # The worker's CPU (every thread) per request served under load: what the app pays,
+        # and far steadier than req/s, which moves with everything else on the machine.
+        "cpu_us_per_request": (
+            1e6 * cpu / result["requests"] if cpu and result["requests"] else None
+        ),
         "check": check,
         "app_stats": app_stats,
         "server_errors": warnings[:5],
@@ -221,7 +246,7 @@ def run(rounds: int, seconds: float, folder: str, *, warmup: bool = True) -> dic
     case = 0
     with MinimalReceiver() as receiver:
         for rnd in range(1, rounds + 1):
-            base = None
+            base = base_cpu = None
             for variant, _ in VARIANTS:
                 case += 1
                 r = run_variant(
@@ -235,7 +260,12 @@ def run(rounds: int, seconds: float, folder: str, *, warmup: bool = True) -> dic
                 r["round"] = rnd
                 if variant == "none":
                     base = r["rps"]
+                    base_cpu = r["cpu_us_per_request"]
                 r["cost_pct"] = 100.0 * (1 - r["rps"] / base) if base else float("nan")
+                cpu = r["cpu_us_per_request"]
+                r["cpu_cost_pct"] = (
+                    100.0 * (cpu / base_cpu - 1) if cpu and base_cpu else float("nan")
+                )
                 runs.append(r)
     rows = [
         [
@@ -245,6 +275,7 @@ def run(rounds: int, seconds: float, folder: str, *, warmup: bool = True) -> dic
             r["p50_ms"],
             r["p99_ms"],
             f"{r['cost_pct']:.1f} %" if r["variant"] != "none" else "",
+            _cpu_cell(r),
             r["check"],
         ]
         for r in runs
@@ -259,6 +290,9 @@ def run(rounds: int, seconds: float, folder: str, *, warmup: bool = True) -> dic
             "p99_ms": statistics.median(r["p99_ms"] for r in rs),
             "cost_pct": statistics.median(r["cost_pct"] for r in rs),
             "cost_pct_rounds": [r["cost_pct"] for r in rs],
+            "cpu_us_per_request": _median_or_nan(r["cpu_us_per_request"] for r in rs),
+            "cpu_cost_pct": _median_or_nan(r["cpu_cost_pct"] for r in rs),
+            "cpu_cost_pct_rounds": [r["cpu_cost_pct"] for r in rs],
         }
         summary[variant] = s
         summary_rows.append(
@@ -272,6 +306,14 @@ def run(rounds: int, seconds: float, folder: str, *, warmup: bool = True) -> dic
                 else f"{s['cost_pct']:.1f} % ("
                 + ", ".join(f"{c:.1f}" for c in s["cost_pct_rounds"])
                 + ")",
+                f"{s['cpu_us_per_request']:.0f}"
+                + (
+                    ""
+                    if variant == "none"
+                    else f": +{s['cpu_cost_pct']:.1f} % ("
+                    + ", ".join(f"{c:.1f}" for c in s["cpu_cost_pct_rounds"])
+                    + ")"
+                ),
             ]
         )
     return {
@@ -284,8 +326,38 @@ def run(rounds: int, seconds: float, folder: str, *, warmup: bool = True) -> dic
     }
 
 
-HEADERS = ["round", "variant", "req/s", "p50 ms", "p99 ms", "cost (of none's req/s)", "check"]
-SUMMARY_HEADERS = ["variant", "req/s", "p50 ms", "p99 ms", "cost: median (each round)"]
+HEADERS = [
+    "round",
+    "variant",
+    "req/s",
+    "p50 ms",
+    "p99 ms",
+    "cost (of none's req/s)",
+    "worker CPU µs/request",
+    "check",
+]
+SUMMARY_HEADERS = [
+    "variant",
+    "req/s",
+    "p50 ms",
+    "p99 ms",
+    "cost: median (each round)",
+    "worker CPU µs/request: median, over none's (each round)",
+]
+
+
+def _median_or_nan(values: Any) -> float:
+    known = [v for v in values if v is not None and v == v]
+    return statistics.median(known) if known else float("nan")
+
+
+def _cpu_cell(r: dict[str, Any]) -> str:
+    cpu = r["cpu_us_per_request"]
+    if cpu is None:
+        return ""
+    if r["variant"] == "none":
+        return f"{cpu:.0f}"
+    return f"{cpu:.0f} (+{r['cpu_cost_pct']:.1f} %)"
 
 
 def main(argv: list[str] | None = None) -> int:

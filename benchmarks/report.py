@@ -395,6 +395,19 @@ def goals(res: dict[str, dict[str, Any]], quick: bool) -> list[list[Any]]:
                 _verdict(background["cost_pct"] <= half),
             ]
         )
+        if background.get("cpu_cost_pct") == background.get("cpu_cost_pct"):  # not NaN
+            rows.append(
+                [
+                    "6. the same on the worker's CPU per request (steadier than req/s)",
+                    "reported",
+                    f"background +{background['cpu_cost_pct']:.1f} %, OTel "
+                    f"+{otel['cpu_cost_pct']:.1f} %, immediate "
+                    f"+{app['summary']['immediate']['cpu_cost_pct']:.1f} % over uninstrumented "
+                    f"{app['summary']['none']['cpu_us_per_request']:.0f} µs; background / OTel "
+                    f"{background['cpu_cost_pct'] / otel['cpu_cost_pct']:.2f}",
+                    "reported",
+                ]
+            )
         rows.append(
             [
                 "6. background p99 no worse than OTel's",
@@ -640,7 +653,10 @@ def document(
         out.append("\nEach run:\n")
         out.append(markdown_table(APP_HEADERS, d["rows"]))
         out.append(
-            "\n- cost = 1 - variant req/s / uninstrumented req/s of the same round. Latency is "
+            "\n- cost = 1 - variant req/s / uninstrumented req/s of the same round. Worker CPU "
+            "= the gunicorn worker's CPU time (all its threads: spooler's writer and shipper, "
+            "OTel's export thread) over the 10 s of load, per request served; its cost is the "
+            "same round's share over uninstrumented. Latency is "
             "wrk's, with two connections on one worker (one request waits while the other is "
             "served).\n"
             "- spooler: `EVENT_ENGINE_CLOUD_KEY=bench`, endpoint = the minimal receiver, "
