@@ -742,8 +742,11 @@ def test_entries_a_busy_spool_sends_back_are_scrubbed_once_and_kept_in_order(
     def rows() -> int:
         if not os.path.exists(spool_path):
             return 0
-        with closing(sqlite3.connect(spool_path)) as conn:
-            return int(conn.execute("SELECT count(*) FROM entries").fetchone()[0])
+        try:  # read-only: the writer may still be creating the file
+            with closing(sqlite3.connect(f"file:{spool_path}?mode=ro", uri=True)) as conn:
+                return int(conn.execute("SELECT count(*) FROM entries").fetchone()[0])
+        except sqlite3.OperationalError:
+            return 0  # no table yet
 
     assert wait_for(lambda: rows() == 1)
     with closing(sqlite3.connect(spool_path, isolation_level=None)) as other:
