@@ -430,7 +430,7 @@ class Shipper:
         self._unseen = 0  # before the look: rows notified after it are counted
         self._others_wrote()  # what we are about to read is no news later
         waiting, oldest = self.spool.peek(batch_size)
-        self._wake_at = max(1, batch_size - waiting) if waiting else 1
+        self._wake_when(waiting)
         age = self._wall_clock() - _epoch_or_zero(oldest) if waiting and oldest is not None else 0.0
         due = waiting >= batch_size or (waiting > 0 and age >= interval)
         heartbeat_due = now - self._last_heartbeat >= interval
@@ -444,7 +444,7 @@ class Shipper:
                 full_batches_only=age < interval,
             )
             if due and result.waiting >= 0:
-                self._wake_at = max(1, batch_size - result.waiting) if result.waiting else 1
+                self._wake_when(result.waiting)
         now = self._clock()
         if now < self._paused_until:
             return self._paused_until - now
@@ -452,6 +452,11 @@ class Shipper:
         if waiting and not due:
             return max(0.01, min(next_heartbeat, interval - age))
         return max(0.01, next_heartbeat)
+
+    def _wake_when(self, waiting: int) -> None:
+        """Let notify() wake the loop once the rows committed here since this look may
+        fill a batch with the ``waiting`` ones, or are the first in an empty spool."""
+        self._wake_at = max(1, self.config.batch_size - waiting) if waiting else 1
 
     def cycle(
         self,
