@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import tenacity
 
+from spooler._checkpointer import Checkpointer
 from spooler._logging import Throttle, keep_out_of_host_logs
 from spooler._threads import repeat, start_thread
 from spooler.client import CloudClient
@@ -75,6 +76,11 @@ WATCH_QUIET = 0.5
 # and ``cycle()`` do it at once): after every delivery it cost a busy app's shipper
 # a sixth of its time, for space the writer would mostly have reused anyway.
 MAINTAIN_INTERVAL = 5.0
+# While a checkpoint runs on its own thread, up to this many delivered batches (and
+# entries) wait for their acknowledgement, one range delete once the write lock is
+# free: what a SIGKILL in that moment may send twice, each with its stable entry_id.
+ACK_BACKLOG = 32
+ACK_BACKLOG_ENTRIES = 16_000
 
 
 @dataclass
@@ -152,9 +158,20 @@ class Shipper:
             raise ValueError("a Shipper needs config.api_key")
         self.config = config
         self._own_spool = spool is None
-        self.spool = spool or Spool.from_config(
-            config, busy_timeout=SHIPPER_BUSY_TIMEOUT, quick_check=quick_check
-        )
+        # A spool of its own checkpoints on a thread of its own (see _checkpointer),
+        # so that a drain's requests go on while the disk catches up.
+        self._checkpointer: Checkpointer | None = None
+        if spool is None:
+            spool = Spool.from_config(
+                config,
+                busy_timeout=SHIPPER_BUSY_TIMEOUT,
+                quick_check=quick_check,
+                checkpoints=False,
+            )
+            self._checkpointer = Checkpointer(
+                spool.path, max_bytes=spool.max_bytes, busy_timeout=SHIPPER_BUSY_TIMEOUT
+            )
+        self.spool = spool
         self._client = client
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -306,6 +323,8 @@ class Shipper:
         if self._client is not None:
             self._client.close()
             self._client = None
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         if self._own_spool:
             self.spool.close()
 
@@ -557,6 +576,25 @@ class Shipper:
         deadline: float | None = None,
         full_only: bool = False,
     ) -> None:
+        # Batches the Cloud took whose rows are still spooled (see _deliver_batch).
+        held: list[SpoolBatch] = []
+        try:
+            self._send_loop(result, held, final=final, deadline=deadline, full_only=full_only)
+        except BaseException:
+            with contextlib.suppress(Exception):  # not acknowledged: sent again later
+                self._ack_held(held)
+            raise
+        self._ack_held(held)
+
+    def _send_loop(
+        self,
+        result: CycleResult,
+        held: list[SpoolBatch],
+        *,
+        final: bool,
+        deadline: float | None,
+        full_only: bool,
+    ) -> None:
         after_id = 0
         while True:
             if final:
@@ -568,6 +606,7 @@ class Shipper:
                 batch = self.spool.read_body(self.config.batch_size, after_id=after_id)
             except ValueError:
                 # A row that is not JSON: read_batch moves it to dead_letters.
+                self._ack_held(held)
                 rows = self.spool.read_batch(self.config.batch_size, after_id=after_id)
                 if rows and not self._deliver(rows, result, final=final):
                     return
@@ -576,9 +615,26 @@ class Shipper:
                 continue
             if batch is None or (full_only and batch.count < self.config.batch_size):
                 return
-            if not self._deliver_batch(batch, result, final=final):
+            if not self._deliver_batch(batch, result, held, final=final):
                 return
             after_id = batch.last_id
+
+    def _ack_held(self, held: list[SpoolBatch]) -> None:
+        """Acknowledge the delivered batches ``held`` as one range, then ask for a
+        checkpoint if the WAL wants one.
+
+        They were read one after the other (each above the last id of the one before),
+        so no waiting row lies between them: rows with ids in the range that are gone
+        were evicted in flight, and no row can be added there.
+        """
+        if not held:
+            return
+        count = sum(b.count for b in held)
+        self.spool.ack_range(held[0].first_id, held[-1].last_id, count)
+        held.clear()
+        checkpointer = self._checkpointer
+        if checkpointer is not None and self.spool.wal_over() and not checkpointer.request():
+            self.spool.checkpoint()  # no thread to run it on: inline, as other writers do
 
     # -- one batch -----------------------------------------------------------------
 
@@ -598,9 +654,17 @@ class Shipper:
         digest = hashlib.sha256(f"{sid}:{','.join(str(r.id) for r in rows)}".encode())
         return body, digest.hexdigest()[:40]
 
-    def _deliver_batch(self, batch: SpoolBatch, result: CycleResult, *, final: bool) -> bool:
+    def _deliver_batch(
+        self, batch: SpoolBatch, result: CycleResult, held: list[SpoolBatch], *, final: bool
+    ) -> bool:
         """The common case: a batch SQLite built as one body, acknowledged as one range.
-        A rejection falls back to rows, which can be split and bisected."""
+        A rejection falls back to rows, which can be split and bisected.
+
+        Once delivered, the batch joins ``held`` and is acknowledged with it at once,
+        unless a checkpoint holds the write lock on its own thread: then up to
+        ``ACK_BACKLOG`` batches (``ACK_BACKLOG_ENTRIES`` entries) wait, and the next
+        request goes out meanwhile.
+        """
         sid = self.spool.spool_id or "spool"
 
         def prepare(again: bool) -> _Request | None:
@@ -620,13 +684,22 @@ class Shipper:
         except _Gone:
             return True
         except (PayloadTooLargeError, RejectedError) as exc:
+            self._ack_held(held)
             rows = self.spool.read_batch(batch.count, after_id=batch.first_id - 1)
             rows = [r for r in rows if r.id <= batch.last_id]
             return self._split(rows, exc, result, final=final) if rows else True
         except (DeliveryError, tenacity.RetryError) as exc:
             return self._failed(exc, result)
         assert sent.batch is not None
-        self.spool.ack_range(sent.batch.first_id, sent.batch.last_id, sent.count)
+        held.append(sent.batch)
+        checkpointer = self._checkpointer
+        if (
+            checkpointer is None
+            or not checkpointer.running
+            or len(held) >= ACK_BACKLOG
+            or sum(b.count for b in held) >= ACK_BACKLOG_ENTRIES
+        ):
+            self._ack_held(held)
         self._delivered(sent.count, result)
         return True
 

@@ -687,3 +687,72 @@ def test_only_cli_py_writes_to_the_terminal() -> None:
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "print":
                 printing.add(path.relative_to(package).as_posix())
     assert printing == {"cli.py"}
+
+
+@pytest.mark.slow
+def test_a_shipper_killed_while_acknowledgements_wait_for_a_checkpoint_loses_nothing(
+    tmp_path: Path, spool_path: str
+) -> None:
+    """A small WAL makes ``ship`` checkpoint every few batches on its checkpoint thread,
+    holding acknowledgements back meanwhile; SIGKILLed at random moments and restarted,
+    it loses nothing, and what it sends twice is bounded by what it may hold back.
+    Counted by an independent receiver (tests/cloud.py), not spooler's own."""
+    from spooler.shipper import ACK_BACKLOG
+    from tests.cloud import CountingCloud
+
+    # `ship`, with each checkpoint 50 ms slower (a slow disk), so that kills often
+    # land while acknowledgements are held back.
+    slow_ship = (
+        "import sys, time\n"
+        "import spooler._checkpointer as c\n"
+        "from spooler.cli import main\n"
+        "class SlowDisk(c.Spool):\n"
+        "    def checkpoint(self, **kw):\n"
+        "        time.sleep(0.05)\n"
+        "        return super().checkpoint(**kw)\n"
+        "c.Spool = SlowDisk\n"
+        "sys.exit(main(['ship']))\n"
+    )
+    batch, n, kills = 20, 6000, 8
+    with Spool(spool_path, max_bytes=4 << 20) as s:
+        assert s.append_many([make_entry(i) for i in range(n)]) == n
+        sid = s.spool_id
+    rng = random.Random()
+    with CountingCloud() as cloud:
+        env = ship_env(
+            spool_path,
+            cloud.url,
+            EVENT_ENGINE_CLOUD_BATCH_SIZE=str(batch),
+            EVENT_ENGINE_CLOUD_SPOOL_MAX_BYTES=str(4 << 20),
+        )
+        for _ in range(kills):
+            before = cloud.event_posts()
+            with subprocess.Popen(
+                [sys.executable, "-c", slow_ship],
+                env=env,
+                cwd=tmp_path,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            ) as proc:
+                # Kill after a random number of requests (a checkpoint every few),
+                # at a random moment of the one after.
+                posts = before + rng.randint(5, 45)
+                assert wait_for(lambda: cloud.event_posts() > posts, timeout=30)  # noqa: B023
+                time.sleep(rng.uniform(0.0, 0.01))
+                proc.kill()
+                proc.communicate(timeout=30)
+        arrived_before_last = len(set(cloud.event_ids()))
+        with spawn(["ship", "--once"], env, tmp_path) as proc:
+            _, err = proc.communicate(timeout=120)  # a hang detector
+        assert proc.returncode == 0, err
+        ids = cloud.event_ids()
+    assert 0 < arrived_before_last < n  # the kills landed during the drain
+    expected = [f"{sid}-{i}" for i in range(1, n + 1)]
+    first_arrivals = list(dict.fromkeys(ids))
+    assert first_arrivals == expected  # none lost, first arrivals in append order
+    # Each kill may resend the batches held back plus the one in flight, no more.
+    assert len(ids) - n <= kills * (ACK_BACKLOG + 1) * batch
+    with Spool(spool_path, max_bytes=4 << 20) as s:
+        stats = s.stats()
+    assert stats.depth == 0
+    assert stats.counters["shipped"] == stats.counters["appended"] == n

@@ -764,3 +764,65 @@ def test_rows_that_are_not_json_objects_are_set_aside_and_the_rest_delivered(
     assert result.shipped == 6
     ids = [e["entry_id"] for e in receiver.entries()]
     assert len(set(ids)) == 6 and all(i.startswith(f"{spool.spool_id}-") for i in ids)
+
+
+def test_a_drain_goes_on_sending_while_a_checkpoint_runs_on_its_own_thread(
+    spool_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shipper's own spool checkpoints on the "spooler.checkpoint" thread. While one
+    runs, delivered batches wait (at most ACK_BACKLOG) and the next ones go out; then
+    they are acknowledged as one range: every entry arrives once, in order, and is
+    counted shipped once."""
+    import threading
+
+    import spooler._checkpointer as checkpointer_module
+    from spooler.shipper import ACK_BACKLOG
+
+    seen: list[tuple[str, int, int]] = []  # (thread, posts at start, posts at end)
+
+    class SlowDisk(Spool):
+        """A real checkpoint after 0.1 s: a disk slow to take the copy."""
+
+        def checkpoint(self, **kwargs: Any) -> bool:
+            before = cloud.event_posts()
+            time.sleep(0.1)
+            done = super().checkpoint(**kwargs)
+            seen.append((threading.current_thread().name, before, cloud.event_posts()))
+            return done
+
+    monkeypatch.setattr(checkpointer_module, "Spool", SlowDisk)
+    n, batch = 3000, 20
+    with Spool(spool_path, max_bytes=4 << 20) as s:
+        assert s.append_many([make_entry(i) for i in range(n)]) == n
+        sid = s.spool_id
+    with CountingCloud() as cloud:
+        shipper = Shipper(
+            make_config(cloud.url, spool_path, batch_size=batch, spool_max_bytes=4 << 20),
+            watch=False,
+        )
+        acks: list[int] = []
+        real_ack = shipper.spool.ack_range
+
+        def ack_range(first: int, last: int, count: int, **kw: Any) -> int:
+            acks.append(count)
+            return real_ack(first, last, count, **kw)
+
+        monkeypatch.setattr(shipper.spool, "ack_range", ack_range)
+        try:
+            result = shipper.drain()
+            runs = shipper._checkpointer.runs if shipper._checkpointer else 0
+        finally:
+            shipper.close()
+        ids = cloud.event_ids()
+    assert result.shipped == n and result.error is None
+    assert ids == [f"{sid}-{i}" for i in range(1, n + 1)]  # once each, in order
+    assert runs >= 2 and {name for name, _, _ in seen} == {"spooler.checkpoint"}
+    # Requests went out while a checkpoint ran, and their batches were acknowledged
+    # together afterwards, never more than ACK_BACKLOG of them.
+    assert max(end - start for _, start, end in seen) >= 2
+    assert max(acks) > batch and max(acks) <= ACK_BACKLOG * batch
+    assert sum(acks) == n
+    with Spool(spool_path, max_bytes=4 << 20) as s:
+        stats = s.stats()
+    assert stats.depth == 0
+    assert stats.counters["shipped"] == stats.counters["appended"] == n
