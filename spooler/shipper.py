@@ -76,9 +76,12 @@ WATCH_QUIET = 0.5
 # and ``cycle()`` do it at once): after every delivery it cost a busy app's shipper
 # a sixth of its time, for space the writer would mostly have reused anyway.
 MAINTAIN_INTERVAL = 5.0
-# While a checkpoint runs on its own thread, up to this many delivered batches (and
-# entries) wait for their acknowledgement, one range delete once the write lock is
-# free: what a SIGKILL in that moment may send twice, each with its stable entry_id.
+# A shipper with a spool of its own acknowledges delivered batches together, one
+# range delete per ACK_GROUP entries or more (a commit's fixed cost and its WAL pages
+# are paid once for several small batches), and while a checkpoint runs on its own
+# thread up to ACK_BACKLOG batches (ACK_BACKLOG_ENTRIES entries) wait for the write
+# lock. That is what a SIGKILL may send twice, each entry with its stable entry_id.
+ACK_GROUP = 500
 ACK_BACKLOG = 32
 ACK_BACKLOG_ENTRIES = 16_000
 
@@ -660,10 +663,11 @@ class Shipper:
         """The common case: a batch SQLite built as one body, acknowledged as one range.
         A rejection falls back to rows, which can be split and bisected.
 
-        Once delivered, the batch joins ``held`` and is acknowledged with it at once,
-        unless a checkpoint holds the write lock on its own thread: then up to
+        Once delivered, the batch joins ``held``. A shipper with a spool of its own
+        acknowledges them together once they hold ``ACK_GROUP`` entries, or when the
+        sending stops; while a checkpoint holds the write lock on its own thread, up to
         ``ACK_BACKLOG`` batches (``ACK_BACKLOG_ENTRIES`` entries) wait, and the next
-        request goes out meanwhile.
+        request goes out meanwhile. Other shippers acknowledge each batch at once.
         """
         sid = self.spool.spool_id or "spool"
 
@@ -693,11 +697,12 @@ class Shipper:
         assert sent.batch is not None
         held.append(sent.batch)
         checkpointer = self._checkpointer
+        entries = sum(b.count for b in held)
         if (
             checkpointer is None
-            or not checkpointer.running
+            or (entries >= ACK_GROUP and not checkpointer.running)
             or len(held) >= ACK_BACKLOG
-            or sum(b.count for b in held) >= ACK_BACKLOG_ENTRIES
+            or entries >= ACK_BACKLOG_ENTRIES
         ):
             self._ack_held(held)
         self._delivered(sent.count, result)
