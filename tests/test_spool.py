@@ -516,6 +516,42 @@ def test_the_cap_holds_while_another_connection_reads_and_writes(spool_path: str
     assert stats.counters["appended"] == stats.counters["evicted"] + stats.depth
 
 
+def test_past_the_hard_wal_limit_a_write_waits_for_a_read_to_end_and_the_checkpoint_to_land(
+    spool_path: str,
+) -> None:
+    """A read that began before the WAL passed its hard limit holds back the checkpoint.
+    The next write keeps trying it (up to its timeout) instead of appending past the
+    limit once the first try fails: when the read ends, the WAL is copied and started
+    over, and the write lands at its start."""
+    cap = 1 << 20
+    appender = Spool(spool_path, max_bytes=cap)
+    appender.append(make_entry(0))
+    reader = sqlite3.connect(spool_path, isolation_level=None, check_same_thread=False)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM entries").fetchone()  # a snapshot, held
+    wal = spool_path + "-wal"
+    n = 1
+    try:
+        while os.path.getsize(wal) <= appender._hard_wal:
+            appender.append_many([make_entry(j) for j in range(n, n + 50)])
+            n += 50
+        past = os.path.getsize(wal)
+        ended = threading.Timer(0.05, reader.execute, ("COMMIT",))
+        ended.start()
+        assert appender.append_many([make_entry(n)], timeout=5.0) == 1
+        ended.join()
+        after = os.path.getsize(wal)
+        biggest = files_size(spool_path)
+        stats = appender.stats()
+    finally:
+        reader.close()
+        appender.close()
+    assert past > appender._hard_wal
+    assert after <= appender._soft_wal, (past, after)
+    assert biggest <= cap, biggest
+    assert stats.depth == n + 1 - stats.counters["evicted"]
+
+
 def test_a_drained_spool_is_rebuilt_and_keeps_its_identity_ids_and_counters(
     spool_path: str,
 ) -> None:
