@@ -75,6 +75,16 @@ class SpoolShipping(SpoolCore):
             self.dead_letter(unreadable, status=None, reason="unreadable JSON in spool")
         return rows
 
+    def fills_batch(self, size: int, *, after_id: int = 0) -> bool:
+        """Whether at least ``size`` rows wait above ``after_id``: one step over their ids,
+        about a tenth of what reading them costs (no entry text is loaded)."""
+        with self._locked(5.0) as conn:
+            row = conn.execute(
+                "SELECT 1 FROM entries WHERE id > ? ORDER BY id LIMIT 1 OFFSET ?",
+                (after_id, max(0, size - 1)),
+            ).fetchone()
+        return row is not None
+
     def read_body(
         self, limit: int, *, after_id: int = 0, last_id: int | None = None
     ) -> SpoolBatch | None:

@@ -598,6 +598,7 @@ class Shipper:
         deadline: float | None,
         full_only: bool,
     ) -> None:
+        size = self.config.batch_size
         after_id = 0
         while True:
             if final:
@@ -605,18 +606,20 @@ class Shipper:
                     return
             elif self._stop.is_set():
                 return
+            if full_only and after_id and not self.spool.fills_batch(size, after_id=after_id):
+                return  # what came in meanwhile waits for a full batch: never read it twice
             try:
-                batch = self.spool.read_body(self.config.batch_size, after_id=after_id)
+                batch = self.spool.read_body(size, after_id=after_id)
             except ValueError:
                 # A row that is not JSON: read_batch moves it to dead_letters.
                 self._ack_held(held)
-                rows = self.spool.read_batch(self.config.batch_size, after_id=after_id)
+                rows = self.spool.read_batch(size, after_id=after_id)
                 if rows and not self._deliver(rows, result, final=final):
                     return
                 if rows:
                     after_id = rows[-1].id
                 continue
-            if batch is None or (full_only and batch.count < self.config.batch_size):
+            if batch is None or (full_only and batch.count < size):
                 return
             if not self._deliver_batch(batch, result, held, final=final):
                 return

@@ -19,7 +19,7 @@ from spooler.client import CloudClient
 from spooler.config import Config
 from spooler.receiver import Faults, Receiver
 from spooler.shipper import Shipper
-from spooler.spool import COUNTER_NAMES, Spool, SpoolStats
+from spooler.spool import COUNTER_NAMES, Spool, SpoolBatch, SpoolStats
 from tests.cloud import CountingCloud
 from tests.conftest import files_size, free_port, make_entry, wait_for
 
@@ -216,11 +216,21 @@ def test_rows_due_by_number_go_in_full_batches_and_the_rest_waits(
 ) -> None:
     """Rows due only because batch_size of them wait go out in full batches; the rows
     short of one more wait for their flush_interval (a request costs about as much for
-    2 rows as for 500), then go."""
+    2 rows as for 500), then go. The rows short of a batch are not even read until then."""
     spool.append_many([dict(make_entry(i), timestamp=STAMP) for i in range(12)])
+    read: list[int] = []
+    read_body = spool.read_body
+
+    def counted_read_body(limit: int, **kwargs: Any) -> SpoolBatch | None:
+        batch = read_body(limit, **kwargs)
+        read.append(0 if batch is None else batch.count)
+        return batch
+
+    spool.read_body = counted_read_body  # type: ignore[method-assign]
     with clocked(receiver, spool) as (shipper, wall, mono):
         shipper.tick()
         assert [r["entries"] for r in event_requests(receiver)] == [5, 5]
+        assert read == [5, 5]
         wall.now += 9.0
         mono.now += 9.0
         shipper.tick()
