@@ -84,6 +84,7 @@ GROUP_WAIT = 0.1  # most seconds an entry waits in the buffer
 # A writer behind a busy host takes larger groups: each commit costs a few GIL
 # hand-offs (up to 5 ms each while the host thread computes), whatever its size.
 MAX_GROUP = 5000
+YIELD_EVERY = 32  # rows the writer builds between offers of the GIL to the host's threads
 IMMEDIATE_TIMEOUT = 0.5  # immediate mode: the longest the host waits for another writer
 MAX_BATCH_COUNT = 10**9  # a publish_batch count above this is not a batch size: invalid
 WRITER_BUSY_TIMEOUT = 1.0  # how long the writer thread may wait for it
@@ -639,7 +640,14 @@ class Reporter:
         before_send = self.config.before_send
         send = self._send_error_message
         limit = self._error_max
-        for item in group:
+        buffer = self._buffer
+        for i, item in enumerate(group):
+            if i % YIELD_EVERY == YIELD_EVERY - 1 and len(buffer) < self._yield_at:
+                # Building a row takes ~10 µs of Python: a group of hundreds would keep
+                # the GIL from a host thread back from I/O for milliseconds (it waits
+                # up to the 5 ms switch interval). Hand it over every few rows, unless
+                # the host fills the buffer flat out (then it hands it over itself).
+                time.sleep(0)
             try:
                 if type(item) is tuple and len(item) == 3:
                     rows.append(item)  # stored already once: a busy spool sent it back

@@ -180,6 +180,46 @@ def test_background_mode_commits_in_groups_from_the_writer_thread(path: str) -> 
     assert all(e["status"] == "emitted" for e in entries)
 
 
+def test_the_writer_offers_the_gil_between_rows_unless_the_host_fills_the_buffer(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Building rows is Python that holds the GIL. The writer hands it over every
+    YIELD_EVERY rows, so a host thread back from I/O waits for a few rows at most, not
+    for a whole group; while the host fills the buffer flat out, it does not."""
+    spooler.configure(api_key=KEY, spool_path=path, ship_in_process=False)
+    assert spooler.start() is True
+    assert spooler.track_emit(event(0)) is True  # the writer starts on the first event
+    r = spooler.get_reporter()
+    assert r is not None and r._spool is not None
+    real_sleep = time.sleep
+    writer_yields = []
+    me = threading.get_ident()
+
+    def sleep(seconds: float) -> None:
+        if seconds == 0 and threading.get_ident() == me:
+            writer_yields.append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(reporter.time, "sleep", sleep)
+    group = [
+        reporter.capture("emitted", event(i), now=time.time())
+        for i in range(4 * reporter.YIELD_EVERY)
+    ]
+    with r._writing:  # the writer thread waits: this thread builds as it would
+        rows = r._rows(group, r._spool)
+        calm = len(writer_yields)
+        r._buffer.extend(group * (r._yield_at // len(group) + 1))
+        writer_yields.clear()
+        rows_in_a_flood = r._rows(group, r._spool)
+        flooded = len(writer_yields)
+    monkeypatch.undo()
+    assert len(rows) == len(rows_in_a_flood) == len(group)
+    assert calm == 4
+    assert flooded == 0
+    spooler.shutdown(timeout=2.0)
+    assert len(spooled(path)) == 1 + len(group) * (r._yield_at // len(group) + 1)
+
+
 def test_spoolers_threads_block_sigterm_and_sigint_before_running_any_code(path: str) -> None:
     """Attacks "signals reach the host's main thread": each of spooler's threads already
     blocks SIGTERM and SIGINT when it runs its first Python call (a trace hook reads the
