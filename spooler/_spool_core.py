@@ -297,7 +297,8 @@ class SpoolCore:
 
     def _shrink_wal(self, conn: sqlite3.Connection, timeout: float | None) -> None:
         """Checkpoint until the WAL is back under its hard limit, for at most ``timeout``
-        (at least 0.25 s); then the write goes on regardless.
+        (at least 0.25 s; one try for a spool that never waits, the immediate-mode host
+        thread's with ``busy_timeout=0``); then the write goes on regardless.
 
         One try may not be enough: another connection's read that began before the
         copy holds back the frames it may still read, and the restart that trims the
@@ -307,7 +308,7 @@ class SpoolCore:
         per write, each lost race let the next write append past the limit.
         """
         wait = self.busy_timeout if timeout is None else timeout
-        deadline = time.monotonic() + max(0.25, wait)
+        deadline = time.monotonic() + (max(0.25, wait) if wait > 0 else 0.0)
         delay = 0.001
         while True:
             self._checkpoint(conn)

@@ -552,6 +552,39 @@ def test_past_the_hard_wal_limit_a_write_waits_for_a_read_to_end_and_the_checkpo
     assert stats.depth == n + 1 - stats.counters["evicted"]
 
 
+def test_past_the_hard_wal_limit_a_spool_that_never_waits_tries_one_checkpoint(
+    spool_path: str,
+) -> None:
+    """The immediate-mode host thread's spool (busy_timeout=0, no checkpoints of its own)
+    must not wait out a held read past the hard WAL limit: one try, then the write."""
+    cap = 1 << 20
+    host = Spool(spool_path, max_bytes=cap, busy_timeout=0.0, checkpoints=False)
+    host.append(make_entry(0))
+    reader = sqlite3.connect(spool_path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM entries").fetchone()  # a snapshot, held
+    wal = spool_path + "-wal"
+    tries: list[bool] = []
+    checkpoint = host._checkpoint
+
+    def counted(conn: sqlite3.Connection, **kwargs: Any) -> bool:
+        done = checkpoint(conn, **kwargs)
+        tries.append(done)
+        return done
+
+    n = 1
+    try:
+        while os.path.getsize(wal) <= host._hard_wal:
+            assert host.append_many([make_entry(j) for j in range(n, n + 50)]) == 50
+            n += 50
+        host._checkpoint = counted  # type: ignore[method-assign]
+        assert host.append_many([make_entry(n)]) == 1
+    finally:
+        reader.close()
+        host.close()
+    assert tries == [False]
+
+
 def test_a_drained_spool_is_rebuilt_and_keeps_its_identity_ids_and_counters(
     spool_path: str,
 ) -> None:
